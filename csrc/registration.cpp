@@ -1,0 +1,32 @@
+// Every op's schema, in one place, plus the small pybind11 module that reports the build.
+// Kernels register their implementations with TORCH_LIBRARY_IMPL in csrc/cpu and csrc/cuda.
+#include <pybind11/pybind11.h>
+#include <torch/library.h>
+
+#include "transfusion/cpu_dispatch.h"
+
+TORCH_LIBRARY(transfusion, m) {
+  // y = relu(x * scale[c] + shift[c]) with c the channel dimension (dim 1) of x (N, C, *).
+  // The normalise + affine + ReLU pass of a conv-BN-ReLU block (BN folded into scale and shift).
+  m.def("scale_shift_relu(Tensor x, Tensor scale, Tensor shift) -> Tensor");
+}
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "transfusion's compiled kernels; ops live under torch.ops.transfusion";
+  m.def("build_info", []() {
+    py::dict info;
+    info["torch_version"] = TRANSFUSION_TORCH_VERSION;
+#if defined(TRANSFUSION_WITH_CUDA)
+    info["cuda"] = true;
+    info["cuda_archs"] = TRANSFUSION_CUDA_ARCHS;
+#else
+    info["cuda"] = false;
+    info["cuda_archs"] = "";
+#endif
+    info["cpu_capability"] =
+        transfusion::cpu::capability_name(transfusion::cpu::best_capability());
+    return info;
+  });
+}
