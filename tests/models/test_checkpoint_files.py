@@ -43,6 +43,23 @@ def test_resnet50_round_trip_through_a_torchvision_file(tmp_path):
                        model.state_dict()["layer4.2.bn3.running_var"])
 
 
+def test_old_torchvision_file_without_bn_counters(tmp_path, narrow):
+    path = tmp_path / "old.pth"
+    torch.save({k: v for k, v in narrow.state_dict().items()
+                if not k.endswith("num_batches_tracked")}, path)
+    model = build_model("resnet50_narrow", 5)
+    s = initialize(model, "transfer", model_name="resnet50_narrow", checkpoint=path)
+    assert s["counts"] == {"checkpoint": 265, "reset": 53, "random": 2}
+    assert s["tensors"]["bn1.num_batches_tracked"] == "reset"
+    assert int(model.state_dict()["bn1.num_batches_tracked"]) == 0
+    assert not any("stayed random" in n for n in s["notes"])
+
+
+def test_model_name_must_match_the_model():
+    with pytest.raises(Exception, match="built as 'cbr_tiny'"):
+        initialize(build_model("cbr_tiny", 5), "random", model_name="cbr_small")
+
+
 def test_timm_style_file_with_wrapper_and_module_prefix(tmp_path, narrow):
     path = tmp_path / "timm.pth.tar"
     torch.save({"epoch": 3, "state_dict": {"module." + k: v for k, v in
