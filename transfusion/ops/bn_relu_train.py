@@ -29,8 +29,12 @@ def _stats_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
 
+# Read once at import: torch.compile cannot trace the lru_cache'd loader in _extension.
+_KERNEL_DEVICE_TYPES = _extension.kernel_device_types()
+
+
 def _has_kernel(x: torch.Tensor) -> bool:
-    if not _extension.has_kernel(x.device):
+    if x.device.type not in _KERNEL_DEVICE_TYPES:
         return False
     return x.device.type == "cuda" or x.dtype in (torch.float32, torch.float64)
 
