@@ -139,7 +139,7 @@ def test_cbr_small_inference_cpu(benchmark, impl):
     def forward():
         with torch.no_grad():
             model(x)
-    _run(benchmark, forward, "cpu", rounds=3)
+    _run(benchmark, forward, "cpu", rounds=5)
 
 
 # ---- GPU (skipped here: no CUDA on the development machine) -----------------------------------

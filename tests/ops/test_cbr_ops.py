@@ -65,7 +65,8 @@ def test_backward_matches_reference(shape, dtype, channels_last):
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_gradcheck_float64(channels_last):
     x, w, b = _make((2, 3, 4, 5), torch.float64, channels_last, seed=3)
-    # Keep pre-activations away from the ReLU kink so finite differences are meaningful.
+    # Random pre-activations land within gradcheck's 1e-6 step of the ReLU kink with negligible
+    # probability; the seed is fixed, so this is deterministic.
     inputs = tuple(t.clone().requires_grad_() for t in (x, w, b))
     assert torch.autograd.gradcheck(lambda *a: bn_relu_train(*a, 1e-5)[0], inputs)
 
