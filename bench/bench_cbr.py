@@ -9,6 +9,7 @@ Groups (ours and eager side by side):
   * cbr-small-train-step: one SGD step of CBR-Small (7x7 convs 3->32 mp 64 mp 128 mp 256 mp,
     maxpool 3x3/2, global average pool, linear), batch 8, 224 px.
   * cbr-small-inference: the same model in eval mode under no_grad (ours: BN folded into the conv).
+  * cbr-block1-inference: its first block alone (3->32, 7x7 on 8x3x224x224), eval, no_grad.
   * cuda-*: the same on a GPU; skipped without CUDA (none on the CPU-only development machine).
 """
 import copy
@@ -142,6 +143,20 @@ def test_cbr_small_inference_cpu(benchmark, impl):
     _run(benchmark, forward, "cpu", rounds=5)
 
 
+@pytest.mark.parametrize("impl", ["fused", "eager"])
+def test_cbr_block1_inference_cpu(benchmark, impl):
+    """The first block alone (largest activation: 8x32x224x224), where the saved passes show."""
+    benchmark.group = "cbr-block1-inference"
+    torch.manual_seed(0)
+    block = CBR2d(3, 32, 7, fused=impl == "fused").eval()
+    x = torch.randn(BATCH, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+
+    def forward():
+        with torch.no_grad():
+            block(x)
+    _run(benchmark, forward, "cpu", rounds=7)
+
+
 # ---- GPU (skipped here: no CUDA on the development machine) -----------------------------------
 @needs_cuda
 @pytest.mark.parametrize("impl", ["fused", "eager"])
@@ -166,8 +181,11 @@ def test_cbr_small_train_step_cuda_bf16(benchmark, impl, channels_last):
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     def step():
+        opt.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            _train_step(model, opt, x, t)
+            loss = nn.functional.cross_entropy(model(x), t)
+        loss.backward()
+        opt.step()
     _run(benchmark, step, "cuda", rounds=20)
 
 

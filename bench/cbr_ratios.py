@@ -1,4 +1,5 @@
-"""Eager/fused time ratios from a pytest-benchmark JSON of bench_cbr.py (median times).
+"""Eager/fused time ratios from a pytest-benchmark JSON of bench_cbr.py (min and median times;
+on a shared, loaded machine the min is the steadier estimate).
 
     python bench/cbr_ratios.py results.json
 """
@@ -8,17 +9,20 @@ from collections import defaultdict
 
 
 def main(path: str) -> None:
-    groups: dict[str, dict[str, float]] = defaultdict(dict)
+    groups: dict[str, dict[str, tuple[float, float]]] = defaultdict(dict)
     for b in json.load(open(path))["benchmarks"]:
         impl = b["params"].get("impl", b["name"]) if b.get("params") else b["name"]
-        groups[b["group"]][impl] = b["stats"]["median"]
-    print("| group | fused median (s) | eager median (s) | eager / fused |")
+        groups[b["group"]][impl] = (b["stats"]["min"], b["stats"]["median"])
+    print("| group | fused min / median (s) | other min / median (s) | other / fused (min, median) |")
     print("|---|---|---|---|")
     for group, t in sorted(groups.items()):
-        if "fused" in t and "eager" in t:
-            print(f"| {group} | {t['fused']:.4f} | {t['eager']:.4f} | {t['eager'] / t['fused']:.2f}x |")
-        for other in sorted(set(t) - {"fused", "eager"}):
-            print(f"| {group} ({other}) | | {t[other]:.4f} | {t[other] / t['fused']:.2f}x |")
+        if "fused" not in t:
+            continue
+        fmin, fmed = t["fused"]
+        for other in sorted(set(t) - {"fused"}):
+            omin, omed = t[other]
+            print(f"| {group}: {other} | {fmin:.4f} / {fmed:.4f} | {omin:.4f} / {omed:.4f} | "
+                  f"{omin / fmin:.2f}x, {omed / fmed:.2f}x |")
 
 
 if __name__ == "__main__":
