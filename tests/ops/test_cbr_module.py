@@ -206,3 +206,24 @@ def test_cuda_train_step_matches_eager_bf16(channels_last):
     ye.float().sum().backward()
     torch.testing.assert_close(fused.conv.weight.grad, eager.conv.weight.grad, rtol=5e-2, atol=5e-2)
     torch.testing.assert_close(fused.bn.running_mean, eager.bn.running_mean, rtol=2e-2, atol=2e-2)
+
+
+def _saved_bytes(module, x):
+    """Bytes of distinct storages autograd saves for backward in one training forward."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x)
+    return sum(storages.values())
+
+
+def test_fused_block_saves_no_more_than_eager():
+    # Neither keeps the normalised tensor; the fused block saves the conv output, its own output
+    # (the ReLU mask is y > 0) and (C,) statistics, which eager saves too (BN input, ReLU result).
+    fused, eager, x = _pair((2, 3, 16, 3, 1, "same", 12, 12), torch.float32, seed=5)
+    x.requires_grad_()
+    assert _saved_bytes(fused, x) <= _saved_bytes(eager, x)
