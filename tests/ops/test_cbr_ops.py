@@ -148,3 +148,28 @@ def test_cuda_matches_reference(dtype, channels_last):
     reference.bn_relu_train(xr, w, b, 1e-5)[0].backward(g.double())
     torch.testing.assert_close(xs.grad.double(), xr.grad, rtol=5e-2 if dtype == torch.bfloat16
                                else 1e-3, atol=5e-2 if dtype == torch.bfloat16 else 1e-4)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_aten_fallback_matches_reference(channels_last):
+    # The path taken without the extension (or on devices/dtypes without kernels).
+    from transfusion.ops.bn_relu_train import _composite
+    x, w, b = _make((2, 5, 6, 7), torch.float64, channels_last, seed=8)
+    xs = x.clone().requires_grad_()
+    y, mean, invstd, var = _composite(xs, w, b, 1e-5)
+    ry, rmean, rinvstd, rvar = reference.bn_relu_train(x, w, b, 1e-5)
+    for got, want in ((y, ry), (mean, rmean), (invstd, rinvstd), (var, rvar)):
+        torch.testing.assert_close(got, want)
+    y.sum().backward()
+    xr = x.clone().requires_grad_()
+    reference.bn_relu_train(xr, w, b, 1e-5)[0].sum().backward()
+    torch.testing.assert_close(xs.grad, xr.grad)
+
+
+def test_bfloat16_on_cpu_uses_fallback_within_tolerance():
+    x, w, b = _make((2, 4, 5, 5), torch.float32, False, seed=9)
+    y, mean, _, _ = bn_relu_train(x.bfloat16(), w, b, 1e-5)
+    ry, rmean, _, _ = reference.bn_relu_train(x.bfloat16(), w, b, 1e-5)
+    assert y.dtype == torch.bfloat16 and mean.dtype == torch.float32
+    torch.testing.assert_close(y.float(), ry.float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(mean.double(), rmean, rtol=1e-3, atol=1e-3)
