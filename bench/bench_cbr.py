@@ -33,7 +33,8 @@ def cbr_small(fused: bool, num_classes: int = 5) -> nn.Module:
     for cout in (32, 64, 128, 256):
         layers += [CBR2d(cin, cout, 7, fused=fused), nn.MaxPool2d(3, 2)]
         cin = cout
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
+    head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)]
+    return nn.Sequential(*layers, *head)
 
 
 def _bn_relu_inputs(device, channels_last, shapes=CONV_OUT_SHAPES, dtype=torch.float32):

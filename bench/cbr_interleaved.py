@@ -18,7 +18,8 @@ from torch import nn
 
 
 def _bench_module():
-    spec = importlib.util.spec_from_file_location("bench_cbr", Path(__file__).with_name("bench_cbr.py"))
+    path = Path(__file__).with_name("bench_cbr.py")
+    spec = importlib.util.spec_from_file_location("bench_cbr", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -13,7 +13,8 @@ def main(path: str) -> None:
     for b in json.load(open(path))["benchmarks"]:
         impl = b["params"].get("impl", b["name"]) if b.get("params") else b["name"]
         groups[b["group"]][impl] = (b["stats"]["min"], b["stats"]["median"])
-    print("| group | fused min / median (s) | other min / median (s) | other / fused (min, median) |")
+    print("| group | fused min / median (s) | other min / median (s) "
+          "| other / fused (min, median) |")
     print("|---|---|---|---|")
     for group, t in sorted(groups.items()):
         if "fused" not in t:

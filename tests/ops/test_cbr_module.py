@@ -82,8 +82,8 @@ def test_eval_mode_matches_eager_and_reference(case, dtype, channels_last):
     yf.backward(g)
     ye.backward(g)
     torch.testing.assert_close(xf.grad, xe.grad, **_tol(dtype))
-    torch.testing.assert_close(fused.conv.weight.grad, eager.conv.weight.grad,
-                               **dict(rtol=1e-3, atol=1e-3) if dtype == torch.float32 else _tol(dtype))
+    wtol = dict(rtol=1e-3, atol=1e-3) if dtype == torch.float32 else _tol(dtype)
+    torch.testing.assert_close(fused.conv.weight.grad, eager.conv.weight.grad, **wtol)
     assert int(fused.bn.num_batches_tracked) == 0
 
 

@@ -27,7 +27,10 @@ from transfusion.ops.bn_relu_train import bn_relu_train
 def fold_bn(weight: torch.Tensor, bn_weight: torch.Tensor, bn_bias: torch.Tensor,
             running_mean: torch.Tensor, running_var: torch.Tensor, eps: float
             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Conv weight and bias with an eval-mode BatchNorm folded in: conv(x, w', b') == BN(conv(x, w))."""
+    """Conv weight and bias with an eval-mode BatchNorm folded in.
+
+    conv2d(x, w', b') == batch_norm(conv2d(x, w)) with the running statistics.
+    """
     scale = bn_weight * torch.rsqrt(running_var + eps)
     folded_w = weight * scale.to(weight.dtype).reshape(-1, 1, 1, 1)
     folded_b = bn_bias - running_mean * scale
