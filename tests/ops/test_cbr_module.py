@@ -114,6 +114,21 @@ def test_momentum_none_cumulative_average_matches_eager():
         torch.testing.assert_close(bf, be, msg=f"buffer {name}")
 
 
+def test_momentum_none_compiles_fullgraph():
+    torch._dynamo.reset()
+    fused = CBR2d(3, 4, 3, fused=True)
+    fused.bn.momentum = None
+    eager = copy.deepcopy(fused)
+    eager.fused = False
+    compiled = torch.compile(fused, fullgraph=True, backend="aot_eager")
+    for seed in range(2):
+        x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(seed))
+        compiled(x)
+        eager(x)
+    for (name, bf), (_, be) in zip(fused.named_buffers(), eager.named_buffers()):
+        torch.testing.assert_close(bf, be, msg=f"buffer {name}")
+
+
 def test_state_dict_keys_interchangeable_with_eager_block():
     fused = CBR2d(3, 8, 3)
     eager = nn.Sequential()

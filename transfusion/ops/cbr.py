@@ -42,8 +42,8 @@ def conv_bn_relu(x, weight, bn_weight, bn_bias, running_mean, running_var, train
     """relu(batch_norm(conv2d(x, weight))) with BatchNorm2d's semantics.
 
     ``training``: batch statistics; ``running_mean``/``running_var`` (may be None) are updated in
-    place with factor ``momentum`` (BatchNorm2d's exponential average factor: pass
-    1 / num_batches_tracked for momentum=None). Otherwise the running statistics are used, folded
+    place with factor ``momentum`` (BatchNorm2d's exponential average factor, a float or a 0-dim
+    tensor: pass 1 / num_batches_tracked for momentum=None). Otherwise the running statistics are used, folded
     into the conv. ``num_batches_tracked`` is the caller's (``CBR2d`` counts it).
     """
     if training:
@@ -85,7 +85,8 @@ class CBR2d(nn.Module):
         if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
             bn.num_batches_tracked.add_(1)
             if bn.momentum is None:  # cumulative moving average, as BatchNorm2d
-                factor = 1.0 / float(bn.num_batches_tracked)
+                # a 0-dim tensor, not float(): no host sync, no graph break under torch.compile
+                factor = (1.0 / bn.num_batches_tracked).to(bn.running_mean.dtype)
         use_batch_stats = bn.training or bn.running_mean is None
         update = bn.training and bn.track_running_stats
         return conv_bn_relu(x, self.conv.weight, bn.weight, bn.bias,
