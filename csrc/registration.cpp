@@ -9,6 +9,16 @@ TORCH_LIBRARY(transfusion, m) {
   // y = relu(x * scale[c] + shift[c]) with c the channel dimension (dim 1) of x (N, C, *).
   // The normalise + affine + ReLU pass of a conv-BN-ReLU block (BN folded into scale and shift).
   m.def("scale_shift_relu(Tensor x, Tensor scale, Tensor shift) -> Tensor");
+
+  // ---- cbr stream: training-mode BatchNorm + ReLU after a conv (transfusion/ops/cbr.py) ----
+  // Batch statistics of x (N, C, *) per channel in one pass, then y = relu(BN(x)) in one pass.
+  // Returns (y, mean, invstd, var) with var the biased batch variance; only y is differentiable.
+  m.def("bn_relu_stats_forward(Tensor x, Tensor weight, Tensor bias, float eps) -> "
+        "(Tensor, Tensor, Tensor, Tensor)");
+  // Gradient of y = relu(BN(x)) wrt x, weight, bias, the ReLU mask taken from y (> 0).
+  m.def("bn_relu_backward(Tensor grad_y, Tensor x, Tensor y, Tensor mean, Tensor invstd, "
+        "Tensor weight) -> (Tensor, Tensor, Tensor)");
+  // ---- end cbr stream ----
 }
 
 namespace py = pybind11;
