@@ -136,3 +136,11 @@ def test_limit_and_gray(eyepacs_dir):
     ds = load_dataset("eyepacs", eyepacs_dir, "train", image_size=16, augment=False, limit=5, in_channels=1)
     assert len(ds) == 5 and ds[0][0].shape == (1, 16, 16)
     assert np.isfinite(ds[0][0].numpy()).all()
+
+
+def test_dataloader_workers_decode(eyepacs_dir):
+    from torch.utils.data import DataLoader
+
+    ds = load_dataset("eyepacs", eyepacs_dir, "train", image_size=16, augment=True)
+    x, y, m = next(iter(DataLoader(ds, batch_size=4, num_workers=2)))
+    assert x.shape == (4, 3, 16, 16) and y.dtype == torch.int64 and m.shape == (4,)

@@ -300,12 +300,12 @@ def draw_chest(size: int, truth: dict[str, bool], frontal: bool, rng: np.random.
                     lateral = np.clip((u - cx) * np.sign(cx) / 0.32, -1, 1)  # +1 at the outer edge
                     level = 0.57 - rng.uniform(0.2, 0.4) * sev["Pleural Effusion"] - 0.15 * (lateral + 1) ** 2
                     fluid = np.clip((v - level) / 0.05, 0, 1) * lungs[k]
-                    img += 0.16 * fluid
+                    img += 0.11 * fluid
         if truth["Edema"]:  # bilateral perihilar haze with interstitial texture
             hil = np.exp(-((np.abs(u) - 0.3) ** 2 + (v - 0.0) ** 2) / 0.18)
             tex = gaussian_filter(rng.standard_normal((h, w)).astype(np.float32), max(0.6, w / 90.0))
             tex /= tex.std() + 1e-6
-            img += lungmask * hil * sev["Edema"] * (0.09 + 0.03 * tex)
+            img += lungmask * hil * sev["Edema"] * (0.06 + 0.03 * tex)
         if truth["Consolidation"]:  # dense lobar blob in one lung
             cx = (-lx if rng.random() < 0.5 else rx_) + rng.uniform(-0.12, 0.12)
             cy = rng.uniform(-0.35, 0.35)
@@ -317,7 +317,7 @@ def draw_chest(size: int, truth: dict[str, bool], frontal: bool, rng: np.random.
             along = (u - cx) * np.cos(ang) + (v - cy) * np.sin(ang)
             across = -(u - cx) * np.sin(ang) + (v - cy) * np.cos(ang)
             band = np.clip((0.035 - np.abs(across)) / 0.02, 0, 1) * np.clip((0.24 - np.abs(along)) / 0.05, 0, 1)
-            img += 0.16 * sev["Atelectasis"] * band
+            img += 0.22 * sev["Atelectasis"] * band
         # look-alikes in any image: a faint blob (vessel end-on, nipple shadow) and a faint line (scapula edge)
         if rng.random() < 0.3:
             img += 0.1 * ell(rng.choice([-lx, rx_]) + rng.uniform(-0.15, 0.15), rng.uniform(-0.4, 0.4),
