@@ -82,3 +82,21 @@ def test_unknown_dataset_and_split(tmp_path):
         load_dataset("imagenet", tmp_path, "train", image_size=16, augment=False)
     with pytest.raises(DataError, match="unknown split"):
         load_dataset("aptos", tmp_path, "training", image_size=16, augment=False)
+
+
+def test_imagefolder_presplit(tmp_path, write_image_fn):
+    root = tmp_path / "nat"
+    for split, n in (("train", 4), ("val", 2)):
+        for c in ("a", "b"):
+            for i in range(n):
+                write_image_fn(root / split / c / f"{i}.jpg", (20, 20), seed=i)
+    (root / "val" / "b").rename(root / "val" / "_gone")  # a class missing from val keeps train's index
+    val = load_dataset("imagefolder", root, "val", image_size=16, augment=False)
+    assert val.classes == ("a", "b") and len(val) == 2 and set(val.table.targets) == {0}
+    assert len(load_dataset("imagefolder", root, "train", image_size=16, augment=False)) == 8
+
+
+def test_referable():
+    from transfusion.data import referable
+
+    assert referable(np.arange(5)).tolist() == [False, False, True, True, True]

@@ -294,13 +294,16 @@ def draw_chest(size: int, truth: dict[str, bool], frontal: bool, rng: np.random.
         # heart: wider when Cardiomegaly
         hw = rng.uniform(0.25, 0.33) + (rng.uniform(0.06, 0.14) * sev["Cardiomegaly"] if truth["Cardiomegaly"] else 0)
         img += 0.30 * ell(0.08, 0.33, hw, 0.27, 0.15)
-        if truth["Pleural Effusion"]:  # costophrenic meniscus: fluid line rising laterally
+        # costophrenic meniscus: fluid line rising laterally; a faint blunted angle in some normals
+        eff = truth["Pleural Effusion"]
+        if eff or rng.random() < 0.15:
             for k, cx in ((0, -lx), (1, rx_)):
-                if k == 0 or rng.random() < 0.6:
+                if k == int(rng.random() < 0.5) or rng.random() < 0.5:
                     lateral = np.clip((u - cx) * np.sign(cx) / 0.32, -1, 1)  # +1 at the outer edge
-                    level = 0.57 - rng.uniform(0.2, 0.4) * sev["Pleural Effusion"] - 0.15 * (lateral + 1) ** 2
+                    depth = rng.uniform(0.12, 0.35) * sev["Pleural Effusion"] if eff else rng.uniform(0.0, 0.08)
+                    level = 0.57 - depth - 0.15 * (lateral + 1) ** 2
                     fluid = np.clip((v - level) / 0.05, 0, 1) * lungs[k]
-                    img += 0.11 * fluid
+                    img += (0.08 if eff else 0.05) * fluid
         if truth["Edema"]:  # bilateral perihilar haze with interstitial texture
             hil = np.exp(-((np.abs(u) - 0.3) ** 2 + (v - 0.0) ** 2) / 0.18)
             tex = gaussian_filter(rng.standard_normal((h, w)).astype(np.float32), max(0.6, w / 90.0))
