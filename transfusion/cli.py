@@ -111,6 +111,13 @@ def check(
         raise typer.Exit(code=1)
 
 
+# --- data stream: `transfusion data ...` -------------------------------------------------------
+from transfusion.data.cli import data_app  # noqa: E402
+
+app.add_typer(data_app, name="data")
+# --- end data stream ----------------------------------------------------------------------------
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
