@@ -111,6 +111,13 @@ def check(
         raise typer.Exit(code=1)
 
 
+# --- train stream: `transfusion train` and `transfusion pretrain` ---
+from transfusion.train.cli import register as _register_train  # noqa: E402
+
+_register_train(app)
+# --- end train stream ---
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

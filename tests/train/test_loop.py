@@ -123,3 +123,10 @@ def test_local_executor_runs_and_skips(tmp_path, monkeypatch):
     assert [o["run_id"] for o in out] == [s.run_id for s in specs]
     assert all(o["status"] == "finished" for o in out)
     assert LocalExecutor().run(specs, tmp_path) == out
+
+
+def test_equal_settings_share_a_run_id():
+    assert spec(overrides={"eval_every": "4"}).run_id == spec(overrides={"eval_every": 4}).run_id
+    assert spec(recipe=None).run_id == spec(recipe="retina").run_id
+    with pytest.raises(ConfigError, match="unknown recipe field"):
+        spec(overrides={"learning_rate": 1})
