@@ -62,7 +62,7 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print JSON instead 
                f"(CUDA {data['torch_cuda'] or 'none'})  numpy {data['numpy']}")
     typer.echo(f"platform     {data['platform']}, {data['threads']} torch threads")
     if ext["extension"]:
-        cuda = f"yes, archs {ext['cuda_archs']}" if ext["cuda"] else f"no ({ext['reason']})"
+        cuda = f"yes, archs {ext['cuda_archs']}" if ext["cuda"] else f"none ({ext['reason']})"
         typer.echo(f"extension    transfusion._C loaded; CPU kernels: {ext['cpu_capability']}; "
                    f"CUDA kernels: {cuda}")
     else:
