@@ -222,12 +222,15 @@ def initialize(model: nn.Module, method: str, *, model_name: str,
             if method == "slim":
                 in_c = model.state_dict()[model.first_conv_key].shape[1]
                 reference, ref_name = model_skeleton("resnet50", 1000, in_c), "resnet50"
-            loaded = {"transfer": [k for k in keys if not model.is_head_key(k)],
-                      "mean_var": [k for k in keys if not model.is_head_key(k)],
-                      "transfuse": _pretrained_keys(model, model.stage_names[
-                          :model.stage_names.index(upto) + 1] if upto else ()),
-                      "slim": _pretrained_keys(model, ("conv1", "block1", "block2")),
-                      "gabor": [model.first_conv_key]}[method]
+            if method in ("transfer", "mean_var"):
+                loaded = [k for k in keys if not model.is_head_key(k)]
+            elif method == "transfuse":
+                stages = model.stage_names[:model.stage_names.index(upto) + 1]
+                loaded = _pretrained_keys(model, stages)
+            elif method == "slim":
+                loaded = _pretrained_keys(model, ("conv1", "block1", "block2"))
+            else:  # gabor: only the first conv's norm is used
+                loaded = [model.first_conv_key]
             _check_fits(ckpt, state_dict, reference, ref_name)
             if method == "mean_var":
                 _mean_var(model, state_dict, loaded, seed, sources)
