@@ -130,3 +130,42 @@ def test_equal_settings_share_a_run_id():
     assert spec(recipe=None).run_id == spec(recipe="retina").run_id
     with pytest.raises(ConfigError, match="unknown recipe field"):
         spec(overrides={"learning_rate": 1})
+
+
+def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(tmp_path):
+    import os
+    import signal
+
+    s = spec()
+    full = run(s, tmp_path / "a")
+    calls = {"n": 0}
+
+    def killing_build(name, num_classes, in_channels=3, **kw):
+        model = train_fakes.build_model(name, num_classes, in_channels)
+        inner = model.forward
+
+        def forward(x):
+            if model.training:
+                calls["n"] += 1
+                if calls["n"] == 6:  # during the 6th training step
+                    os.kill(os.getpid(), signal.SIGTERM)
+            return inner(x)
+
+        model.forward = forward
+        return model
+
+    c = train_fakes.components()
+    c.build_model = killing_build
+    part = run_training(s, tmp_path / "b", components=c, progress=False)
+    assert part["status"] == "interrupted" and part["stopped_by"] == "SIGTERM" and part["step"] == 6
+    assert "Rerun the same command" in part["message"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+    assert run(s, tmp_path / "b")["metrics"] == full["metrics"]
+
+
+def test_bf16_autocast_and_channels_last_switches_run(tmp_path):
+    s = spec(steps=2, overrides={**OVR, "amp": "bf16", "channels_last": True})
+    out = run(s, tmp_path)
+    assert out["status"] == "finished"
+    cfg = json.loads((tmp_path / s.run_id / "config.json").read_text())
+    assert cfg["recipe"]["amp"] == "bf16" and cfg["recipe"]["channels_last"] is True
