@@ -117,6 +117,12 @@ from transfusion.train.cli import register as _register_train  # noqa: E402
 _register_train(app)
 # --- end train stream ---
 
+# --- data stream: `transfusion data ...` -------------------------------------------------------
+from transfusion.data.cli import data_app  # noqa: E402
+
+app.add_typer(data_app, name="data")
+# --- end data stream ----------------------------------------------------------------------------
+
 
 def main() -> None:  # pragma: no cover - console entry point
     app()
