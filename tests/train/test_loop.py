@@ -169,3 +169,23 @@ def test_bf16_autocast_and_channels_last_switches_run(tmp_path):
     assert out["status"] == "finished"
     cfg = json.loads((tmp_path / s.run_id / "config.json").read_text())
     assert cfg["recipe"]["amp"] == "bf16" and cfg["recipe"]["channels_last"] is True
+
+
+def test_submitit_executor_says_how_to_install(monkeypatch, tmp_path):
+    import builtins
+
+    from transfusion.experiments.runs import SubmititExecutor, make_executor
+
+    real_import = builtins.__import__
+
+    def no_submitit(name, *a, **kw):
+        if name == "submitit":
+            raise ImportError("No module named 'submitit'")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_submitit)
+    with pytest.raises(ConfigError, match="pip install submitit"):
+        SubmititExecutor(folder=tmp_path).run([spec()])
+    with pytest.raises(ConfigError, match="unknown executor"):
+        make_executor("slurm")
+    assert isinstance(make_executor("local", runs_dir=tmp_path), LocalExecutor)
