@@ -263,7 +263,10 @@ def evaluate(model, loader, task: TaskInfo, recipe: Recipe, ctx: D.DistContext) 
         tg.append(y.cpu())
         mk.append(m.float().cpu())
     model.train(was)
-    empty = (torch.zeros(0, task.num_outputs), torch.zeros(0), torch.zeros(0))
+    lab = (0, task.num_outputs) if task.kind == "multilabel" else (0,)  # an empty shard (n < world)
+    empty = (torch.zeros(0, task.num_outputs), torch.zeros(lab, dtype=torch.long
+                                                        if task.kind != "multilabel" else torch.float),
+             torch.zeros(lab))
     parts = [torch.cat(p) if p else e for p, e in zip((lg, tg, mk), empty)]
     logits, targets, masks = D.gather_cat(ctx, parts)
     s, n = loss_fn(task.kind, logits, targets, masks, reduction="sum")
