@@ -117,12 +117,17 @@ def _sentence(text: str) -> str:
 
 
 def _copy(model: nn.Module, state_dict: dict, keys: list[str], sources: dict) -> None:
+    """Copy ``keys`` from the file; BN counters that older files lack (e.g. torchvision's
+    resnet50-0676ba61.pth) are set to 0 ("reset")."""
     target = model.state_dict()
     with torch.no_grad():
         for k in keys:
             if k in state_dict:
                 target[k].copy_(state_dict[k])
                 sources[k] = "checkpoint"
+            elif k.endswith("num_batches_tracked"):
+                target[k].zero_()
+                sources[k] = "reset"
 
 
 def _pretrained_keys(model: nn.Module, stages) -> list[str]:
@@ -189,6 +194,10 @@ def initialize(model: nn.Module, method: str, *, model_name: str,
     summary (JSON-serialisable) that the run writes next to its results."""
     method = _canonical_method(method)
     name = canonical_model_name(model_name)
+    built_as = getattr(model, "model_name", name)
+    if built_as != name:
+        raise ConfigError(f"model_name={model_name!r} but the model was built as {built_as!r}; "
+                          "pass the name the model was built with")
     if method in _NEEDS_CHECKPOINT and checkpoint is None:
         raise ConfigError(f"initialisation {method!r} needs a checkpoint file (ImageNet weights "
                           f"for {DISPLAY_NAMES[name]}); pass checkpoint=<path>")
