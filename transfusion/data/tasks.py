@@ -26,3 +26,8 @@ class Task:
 RETINA = Task("retina", "grade", 5, RETINA_GRADES)
 CHEXPERT = Task("chexpert", "multilabel", 5, CHEXPERT_COMPETITION)
 TASKS = {"retina": RETINA, "chexpert": CHEXPERT}
+
+
+def referable(grades):
+    """Referable diabetic retinopathy (grade >= 2) for a grade or an array/tensor of grades."""
+    return grades >= REFERABLE_GRADE
