@@ -27,6 +27,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -271,8 +272,18 @@ def evaluate(model, loader, task: TaskInfo, recipe: Recipe, ctx: D.DistContext) 
     logits, targets, masks = D.gather_cat(ctx, parts)
     s, n = loss_fn(task.kind, logits, targets, masks, reduction="sum")
     out = {"eval_loss": float(s / n)}
-    out.update(compute_metrics(task, logits, targets, masks))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", M.MetricWarning)
+        out.update(compute_metrics(task, logits, targets, masks))
+    for w in caught:  # e.g. a single-class evaluation set: NaN, logged once per process
+        msg = str(w.message)
+        if ctx.is_main and msg not in _WARNED:
+            _WARNED.add(msg)
+            log.warning("%s", msg)
     return out
+
+
+_WARNED: set[str] = set()
 
 
 def _load_data(spec, recipe: Recipe, comps: Components):
