@@ -14,7 +14,7 @@ import train_fakes  # noqa: E402
 from transfusion.experiments.runs import RunSpec  # noqa: E402
 from transfusion.train import run_training  # noqa: E402
 
-WORKER = Path(__file__).parent / "ddp_worker.py"
+WORKER = Path(__file__).parent / "train_ddp_worker.py"
 
 
 def free_port() -> int:
