@@ -18,6 +18,7 @@ def same(a: dict, b: dict) -> bool:
         (isinstance(a[k], float) and math.isnan(a[k]) and math.isnan(b[k])) or a[k] == b[k] for k in a)
 
 
+@pytest.mark.slow
 def test_synthetic_fundus_cbr_tiny_resume_matches(tmp_path, monkeypatch):
     monkeypatch.setenv("TRANSFUSION_CACHE", str(tmp_path / "cache"))
     torch.set_num_threads(2)
