@@ -65,3 +65,28 @@ def test_patient_split_at_full_size(table):
     assert len(tr) + len(va) == len(set(table.patient_ids)) == 64_540
     assert not tr & va
     assert 0.08 < len(va) / (len(tr) + len(va)) < 0.12
+
+
+def test_load_dataset_at_full_size_with_placeholder_images(tmp_path, table):
+    """The whole pipeline on the real file: 100 placeholder images, the other rows skipped and counted."""
+    from PIL import Image
+
+    from transfusion.data import load_dataset
+
+    base = tmp_path / "CheXpert-v1.0-small"
+    base.mkdir()
+    (base / "train.csv.gz").symlink_to(LABELS)
+    for p in table.paths[:100]:
+        f = tmp_path / p
+        f.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (12, 10), 128).save(f)
+    ds = load_dataset("chexpert", tmp_path, "train", image_size=8, augment=False, skip_missing=True,
+                      label_policy="ones")
+    # no valid.csv here, so train.csv gives all three splits (80/10/10)
+    assigned = S.assign_splits(table.patient_ids[:100], 0, S.DEFAULT_FRACTIONS)
+    expect = int((table.frontal[:100] & (assigned == "train")).sum())
+    assert len(ds) == expect > 0
+    d = ds.describe()
+    in_train = S.assign_splits(table.patient_ids, 0, S.DEFAULT_FRACTIONS) == "train"
+    assert d["n_missing_skipped"] == int((table.frontal & in_train).sum()) - expect
+    assert d["label_policy"] == "ones;blank=zeros" and ds[0][0].shape == (3, 8, 8)
