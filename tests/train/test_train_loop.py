@@ -65,6 +65,8 @@ def test_resume_gives_the_same_final_metrics(tmp_path, stop_after):
     assert not (tmp_path / "b" / s.run_id / "final.json").exists()
     resumed = run(s, tmp_path / "b")
     assert resumed["metrics"] == full["metrics"]
+    sessions = json.loads((tmp_path / "b" / s.run_id / "config.json").read_text())["sessions"]
+    assert [x["from_step"] for x in sessions] == [0, stop_after]
     rows_a = (tmp_path / "a" / s.run_id / "metrics.jsonl").read_text().splitlines()
     rows_b = (tmp_path / "b" / s.run_id / "metrics.jsonl").read_text().splitlines()
     strip = lambda rows: [{k: v for k, v in json.loads(r).items()  # noqa: E731

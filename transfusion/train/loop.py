@@ -413,6 +413,15 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
         else:
             atomic_write_json(cfg_path, config)
 
+    def record_session(start_step: int) -> None:
+        """config.json's ``sessions``: where and from which step each session trained."""
+        if main:
+            cfg = json.loads(cfg_path.read_text())
+            cfg.setdefault("sessions", []).append(
+                {**config["runtime"], "from_step": start_step,
+                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+            atomic_write_json(cfg_path, cfg)
+
     # ---- optimizer, schedule
     params = [p for p in model.parameters() if p.requires_grad]
     if recipe.optimizer == "adam":
@@ -451,6 +460,7 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
         log.info("run %s: training %s (%s init) on %s for %d steps -> %s", spec.run_id,
                  spec.model, spec.init, spec.dataset, total, run_dir)
 
+    record_session(start)
     if ctx.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
