@@ -111,6 +111,12 @@ def check(
         raise typer.Exit(code=1)
 
 
+# --- train stream: `transfusion train` and `transfusion pretrain` ---
+from transfusion.train.cli import register as _register_train  # noqa: E402
+
+_register_train(app)
+# --- end train stream ---
+
 # --- data stream: `transfusion data ...` -------------------------------------------------------
 from transfusion.data.cli import data_app  # noqa: E402
 
