@@ -111,6 +111,13 @@ def check(
         raise typer.Exit(code=1)
 
 
+# --- experiments stream: run <experiment>, run all, report, compare ---
+from transfusion.experiments.cli import register as _register_experiments  # noqa: E402
+
+_register_experiments(app, run_app)
+# --- end experiments stream ---
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
