@@ -1,0 +1,87 @@
+"""Training-state checkpoints (resume) and model checkpoints (the models stream's format).
+
+A training state holds everything that decides the rest of the run: model, optimizer and
+scheduler states, the RNG states (torch, CUDA, numpy, python) of every process, the step (which
+is also the data sampler's position: the data order is a function of seed and step), and the
+running train-loss accumulator. Files are written atomically (temp file + rename).
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transfusion.errors import CheckpointError
+from transfusion.utils import atomic_torch_save
+
+STATE_FORMAT = "transfusion-train-state"
+STATE_VERSION = 1
+
+
+def get_rng_state() -> dict:
+    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+          "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    np.random.set_state(st["numpy"])
+    random.setstate(st["python"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def save_state(path: str | os.PathLike, *, run_id: str, step: int, model, optimizer, scheduler,
+               rng: list[dict], sampler: dict, extra: dict) -> None:
+    atomic_torch_save(path, {
+        "format": STATE_FORMAT, "version": STATE_VERSION, "run_id": run_id, "step": step,
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "rng": rng, "sampler": sampler, "extra": extra})
+
+
+def load_state(path: str | os.PathLike, run_id: str) -> dict:
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same problem for the user
+        raise CheckpointError(f"cannot read training checkpoint {path}: {e}. Delete it to restart "
+                              f"the run from its previous checkpoint or from scratch") from None
+    if not isinstance(st, dict) or st.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path} is not a transfusion training checkpoint")
+    if st.get("run_id") != run_id:
+        raise CheckpointError(f"{path} belongs to run {st.get('run_id')}, not {run_id}: the run "
+                              f"folder was copied or renamed; move the file away to restart")
+    return st
+
+
+def save_model_checkpoint(path: str | os.PathLike, model, model_name: str, meta: dict) -> None:
+    """The models stream's model checkpoint (``transfusion.initializers.save_model_checkpoint``);
+    written here with the same documented layout when that module is not importable."""
+    try:
+        from transfusion.initializers import save_model_checkpoint as save
+    except ImportError:
+        save = None
+    if save is not None:
+        save(path, model, model_name, meta)
+        return
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_torch_save(path, {"format": "transfusion-model", "version": 1, "model_name": model_name,
+                             "num_classes": int(getattr(model, "num_classes", -1)),
+                             "in_channels": int(getattr(model, "in_channels", -1)),
+                             "state_dict": sd, "meta": meta})
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    p = Path(run_dir) / "checkpoints" / "last.pt"
+    return p if p.is_file() else None

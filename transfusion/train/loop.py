@@ -1,0 +1,548 @@
+"""The step-based training loop: one :class:`~transfusion.experiments.runs.RunSpec` -> one run folder.
+
+``run_training(spec, runs_dir)`` trains for the recipe's number of steps, evaluates every
+``eval_every`` steps (and at step 0 and at the last step) on a fixed evaluation set, logs to
+``metrics.jsonl`` + ``metrics.csv``, checkpoints every ``checkpoint_every`` steps and on
+SIGINT/SIGTERM, and writes ``final.json`` at the end. A finished run is skipped; an interrupted one
+resumes from ``checkpoints/last.pt`` and ends with the same metrics as an uninterrupted run
+(same seed, CPU, ``num_workers=0``: the data order is a function of (seed, step) and every RNG
+state is restored; with worker processes the order is still exact but augmentation randomness
+is drawn in the workers and is not).
+
+Run folder ``runs/<run_id>/``: config.json (spec, resolved recipe, schedule in steps, task, data
+description, environment), init_summary.json, metrics.jsonl, metrics.csv,
+checkpoints/{step0.pt (model checkpoint, models-stream format), last.pt (training state)},
+model_final.pt (model checkpoint) and final.json.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Sampler, Subset
+
+from transfusion.errors import ConfigError
+from transfusion.train import distributed as D
+from transfusion.train import metrics as M
+from transfusion.train.checkpoint import (get_rng_state, last_checkpoint, load_state,
+                                          save_model_checkpoint, save_state, seed_everything,
+                                          set_rng_state)
+from transfusion.train.recipes import (Recipe, describe_schedule, get_recipe, lr_factor,
+                                       steps_per_epoch)
+from transfusion.utils import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+SYNTHETIC_KIND = {"retina": "fundus", "chexpert": "chexpert", "natural": "natural"}
+
+
+# ------------------------------------------------------------------------------ components
+@dataclass
+class Components:
+    """What the loop gets from the other streams (tests pass small fakes)."""
+
+    build_model: Callable  # (name, num_classes, in_channels) -> nn.Module
+    initialize: Callable  # (model, method, *, model_name, checkpoint, upto, seed) -> dict
+    load_dataset: Callable  # (name, root, split, *, image_size, augment, seed, label_policy, in_channels, limit)
+    ensure_synthetic: Callable | None = None  # (kind, cache_root, n_images, image_size, seed) -> Path
+
+
+def default_components() -> Components:
+    try:
+        from transfusion.data import load_dataset
+        from transfusion.data.synthetic import ensure_synthetic
+        from transfusion.initializers import initialize
+        from transfusion.models import build_model
+    except ImportError as e:
+        raise ConfigError(f"training needs transfusion.models, transfusion.initializers and "
+                          f"transfusion.data, which are not importable here ({e}): install the full "
+                          f"package") from None
+    return Components(build_model=build_model, initialize=initialize, load_dataset=load_dataset,
+                      ensure_synthetic=ensure_synthetic)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("TRANSFUSION_CACHE", Path.home() / ".cache" / "transfusion"))
+
+
+# ------------------------------------------------------------------------------------ task
+@dataclass
+class TaskInfo:
+    name: str
+    kind: str  # grade | multilabel | multiclass
+    num_outputs: int
+    label_names: tuple
+
+    @property
+    def headline(self) -> str:
+        return M.HEADLINE[self.kind]
+
+
+def task_info(ds, task_name: str) -> TaskInfo:
+    t = getattr(ds, "task", None)
+    if t is not None:
+        return TaskInfo(t.name, t.kind, int(t.num_outputs), tuple(t.label_names))
+    classes = getattr(ds, "classes", None)
+    if classes:
+        return TaskInfo(task_name, "multiclass", len(classes), tuple(classes))
+    raise ConfigError("the dataset has neither .task nor .classes: cannot tell what to train")
+
+
+def loss_fn(kind: str, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+            reduction: str = "mean") -> torch.Tensor:
+    """grade / multiclass: cross-entropy; multilabel: BCE-with-logits over unmasked labels.
+    ``reduction="sum"`` returns (sum, count) for exact averaging over batches."""
+    if kind in ("grade", "multiclass"):
+        per = F.cross_entropy(logits, target.long(), reduction="none")
+        s, n = per.sum(), torch.tensor(float(per.numel()))
+    elif kind == "multilabel":
+        per = F.binary_cross_entropy_with_logits(logits, target.float(), reduction="none") * mask
+        s, n = per.sum(), mask.sum().clamp_min(1.0)
+    else:
+        raise ConfigError(f"unknown task kind {kind!r}")
+    return (s, n) if reduction == "sum" else s / n
+
+
+def compute_metrics(task: TaskInfo, logits, targets, masks) -> dict:
+    if task.kind == "grade":
+        return M.retina_metrics(logits, targets)
+    if task.kind == "multilabel":
+        return M.chexpert_metrics(logits, targets, masks, task.label_names)
+    return M.multiclass_metrics(logits, targets)
+
+
+# --------------------------------------------------------------------------------- sampling
+class StepBatchSampler(Sampler):
+    """Batches as a pure function of (seed, step): the global stream is the concatenation of
+    per-epoch permutations of ``range(n)`` and step ``s`` takes items ``[s*B, (s+1)*B)`` of it
+    (crossing epoch borders, nothing dropped); rank ``r`` of ``world`` takes its slice of each
+    global batch. Starting at ``start_step`` is how a resumed run continues the same order."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int, total_steps: int,
+                 rank: int = 0, world: int = 1) -> None:
+        if batch_size % world:
+            raise ConfigError(f"batch size {batch_size} is not divisible by the {world} processes: "
+                              f"pick a batch size that is a multiple of --nproc-per-node")
+        self.n, self.B, self.seed = n, batch_size, seed
+        self.start, self.total, self.rank, self.world = start_step, total_steps, rank, world
+        self._perm_epoch, self._perm = -1, None
+
+    def _perm_of(self, epoch: int) -> torch.Tensor:
+        if epoch != self._perm_epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(self.n, generator=g), epoch
+        return self._perm
+
+    def global_batch(self, step: int) -> list[int]:
+        out = []
+        for p in range(step * self.B, (step + 1) * self.B):
+            out.append(int(self._perm_of(p // self.n)[p % self.n]))
+        return out
+
+    def batch(self, step: int) -> list[int]:
+        b = self.B // self.world
+        return self.global_batch(step)[self.rank * b:(self.rank + 1) * b]
+
+    def __iter__(self):
+        for s in range(self.start, self.total):
+            yield self.batch(s)
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.start)
+
+
+# --------------------------------------------------------------------------------- metrics log
+class MetricsLog:
+    """metrics.jsonl (one JSON object per line, appended) and metrics.csv (rewritten from it)."""
+
+    def __init__(self, run_dir: Path, enabled: bool) -> None:
+        self.jsonl, self.csv = run_dir / "metrics.jsonl", run_dir / "metrics.csv"
+        self.enabled = enabled
+
+    def rows(self) -> list[dict]:
+        return M.read_metrics(self.jsonl) if self.jsonl.is_file() else []
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records logged after the checkpoint we resume from (they will be redone)."""
+        if not self.enabled or not self.jsonl.is_file():
+            return
+        rows = [r for r in self.rows() if r.get("step", 0) <= step]
+        atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in rows))
+        self.write_csv()
+
+    def append(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+
+    def write_csv(self) -> None:
+        if not self.enabled:
+            return
+        rows = self.rows()
+        cols: list[str] = []
+        for r in rows:
+            cols += [k for k in r if k not in cols]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols, restval="")
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_text(self.csv, buf.getvalue())
+
+
+# ------------------------------------------------------------------------------------ signals
+class StopRequest:
+    """Catches SIGINT/SIGTERM while training (main thread only) so the loop can checkpoint."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):  # noqa: ARG002
+        if self.signum is not None:  # second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("received %s: saving a checkpoint after this step, then stopping",
+                    signal.Signals(signum).name)
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        return False
+
+
+# ---------------------------------------------------------------------------------- the loop
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def _autocast(recipe: Recipe, device: torch.device):
+    if recipe.amp == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _to(x, device, channels_last=False):
+    x = x.to(device, non_blocking=True)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+@torch.no_grad()
+def evaluate(model, loader, task: TaskInfo, recipe: Recipe, ctx: D.DistContext) -> dict:
+    """Metrics (and the mean loss) on the evaluation set; shards gathered before any metric."""
+    was = model.training
+    model.eval()
+    lg, tg, mk = [], [], []
+    for x, y, m in loader:
+        with _autocast(recipe, ctx.device):
+            out = model(_to(x, ctx.device, recipe.channels_last))
+        lg.append(out.float().cpu())
+        tg.append(y.cpu())
+        mk.append(m.float().cpu())
+    model.train(was)
+    empty = (torch.zeros(0, task.num_outputs), torch.zeros(0), torch.zeros(0))
+    parts = [torch.cat(p) if p else e for p, e in zip((lg, tg, mk), empty)]
+    logits, targets, masks = D.gather_cat(ctx, parts)
+    s, n = loss_fn(task.kind, logits, targets, masks, reduction="sum")
+    out = {"eval_loss": float(s / n)}
+    out.update(compute_metrics(task, logits, targets, masks))
+    return out
+
+
+def _load_data(spec, recipe: Recipe, comps: Components):
+    root = spec.data_root
+    if str(root) == "synthetic":
+        if comps.ensure_synthetic is None:
+            raise ConfigError("data_root 'synthetic' needs transfusion.data.synthetic")
+        root = comps.ensure_synthetic(SYNTHETIC_KIND[spec.task], cache_root(),
+                                      n_images=spec.synthetic_images,
+                                      image_size=recipe.image_size, seed=spec.data_seed)
+    common = dict(image_size=recipe.image_size, seed=spec.data_seed, label_policy=spec.label_policy,
+                  in_channels=spec.in_channels)
+    train = comps.load_dataset(spec.dataset, root, spec.split, augment=recipe.augment,
+                               limit=spec.limit, **common)
+    val = comps.load_dataset(spec.dataset, root, spec.eval_split, augment=False,
+                             limit=spec.eval_limit, **common)
+    if len(train) == 0 or len(val) == 0:
+        raise ConfigError(f"empty {'training' if len(train) == 0 else 'evaluation'} set for "
+                          f"{spec.dataset} at {root}: check the root, the splits and the limits")
+    return str(root), train, val
+
+
+def _describe(ds) -> dict:
+    d = ds.describe() if hasattr(ds, "describe") else {}
+    return json.loads(json.dumps(d, default=str))
+
+
+def _environment() -> dict:
+    try:
+        from transfusion.cli import environment_info
+
+        return environment_info()
+    except Exception as e:  # noqa: BLE001 - the environment record must never stop a run
+        return {"error": f"environment_info failed: {e}"}
+
+
+def run_training(spec, runs_dir: str | os.PathLike = "runs", *, device: str | None = None,
+                 num_workers: int = 0, max_steps_this_session: int | None = None,
+                 progress: bool | None = None, components: Components | None = None) -> dict:
+    """Train one run (see the module docstring); returns final.json's content, or a status dict
+    ``{"status": "interrupted", "step": ...}`` if it stopped early (signal or
+    ``max_steps_this_session``, a test hook). Works unchanged under torchrun (DDP)."""
+    runs_dir = Path(runs_dir)
+    run_dir = runs_dir / spec.run_id
+    final_path = run_dir / "final.json"
+    if final_path.is_file():
+        log.info("run %s is already finished (%s): nothing to do", spec.run_id, final_path)
+        return json.loads(final_path.read_text())
+    ctx = D.setup(device)
+    try:
+        return _train(spec, run_dir, ctx, num_workers, max_steps_this_session, progress,
+                      components or default_components())
+    finally:
+        D.teardown(ctx)
+
+
+def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
+           max_steps_this_session: int | None, progress: bool | None, comps: Components) -> dict:
+    t_start = time.perf_counter()
+    recipe = get_recipe(spec.recipe_name, spec.recipe_overrides())
+    if recipe.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if ctx.device.type == "cuda":
+        torch.backends.cudnn.benchmark = not recipe.deterministic
+    main = ctx.is_main
+    ckpt_dir = run_dir / "checkpoints"
+    if main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+    seed_everything(spec.seed)
+    root, train_ds, eval_ds = _load_data(spec, recipe, comps)
+    task = task_info(train_ds, spec.task)
+    spe = steps_per_epoch(len(train_ds), recipe.batch_size)
+    total = recipe.steps
+
+    model = comps.build_model(spec.model, num_classes=task.num_outputs, in_channels=spec.in_channels)
+    init_summary = comps.initialize(model, spec.init, model_name=spec.model,
+                                    checkpoint=spec.checkpoint, upto=spec.upto, seed=spec.seed)
+    model.to(ctx.device)
+    if recipe.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if ctx.distributed and ctx.rank > 0:
+        seed_everything(spec.seed + 7919 * ctx.rank)  # own augmentation stream per process
+
+    config = {
+        "run_id": spec.run_id, "spec": spec.to_dict(), "recipe": recipe.to_dict(),
+        "schedule": describe_schedule(recipe, spe), "task": task.__dict__ | {"headline": task.headline},
+        "data": {"root": root, "train": _describe(train_ds), "eval": _describe(eval_ds),
+                 "train_size": len(train_ds), "eval_size": len(eval_ds)},
+        # flat copies of what result tables need most
+        "model": spec.model, "init": spec.init, "seed": spec.seed, "label_policy": spec.label_policy,
+        "optimizer": recipe.optimizer, "lr": recipe.lr, "batch_size": recipe.batch_size,
+        "image_size": recipe.image_size, "steps": total,
+        "runtime": {"device": str(ctx.device), "world_size": ctx.world_size,
+                    "num_workers": num_workers},
+        "environment": _environment(),
+    }
+    cfg_path = run_dir / "config.json"
+    if main:
+        if cfg_path.is_file():
+            old = json.loads(cfg_path.read_text())
+            if old.get("spec") != json.loads(json.dumps(spec.to_dict())):
+                raise ConfigError(f"{cfg_path} holds a different spec than run {spec.run_id}: the "
+                                  f"folder was edited or copied; move it away to start afresh")
+        else:
+            atomic_write_json(cfg_path, config)
+
+    # ---- optimizer, schedule
+    params = [p for p in model.parameters() if p.requires_grad]
+    if recipe.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
+                              weight_decay=recipe.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, recipe, spe))
+
+    # ---- resume or start
+    mlog = MetricsLog(run_dir, main)
+    start, acc = 0, {"loss_sum": 0.0, "loss_n": 0, "images": 0, "time": 0.0}
+    ck = last_checkpoint(run_dir)
+    if ck is not None:
+        st = load_state(ck, spec.run_id)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        rngs = st["rng"]
+        if len(rngs) == ctx.world_size:
+            set_rng_state(rngs[ctx.rank])
+        else:
+            log.warning("checkpoint was written by %d processes, resuming with %d: RNG streams "
+                        "differ from an uninterrupted run", len(rngs), ctx.world_size)
+            set_rng_state(rngs[0])
+        start, acc = int(st["step"]), dict(st["extra"]["acc"])
+        mlog.truncate_after(start)
+        log.info("run %s: resuming from step %d of %d (%s)", spec.run_id, start, total, ck)
+    else:
+        if main:
+            atomic_write_json(run_dir / "init_summary.json", init_summary)
+            save_model_checkpoint(ckpt_dir / "step0.pt", model, spec.model,
+                                  {"run_id": spec.run_id, "step": 0, "init": spec.init})
+            if mlog.jsonl.exists():
+                mlog.jsonl.unlink()  # metrics of a run that died before its first checkpoint
+        log.info("run %s: training %s (%s init) on %s for %d steps -> %s", spec.run_id,
+                 spec.model, spec.init, spec.dataset, total, run_dir)
+
+    if ctx.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    else:
+        net = model
+
+    sampler = StepBatchSampler(len(train_ds), recipe.batch_size, spec.seed, start, total,
+                               ctx.rank, ctx.world_size)
+    pin = ctx.device.type == "cuda"
+    train_loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=num_workers,
+                              pin_memory=pin, generator=torch.Generator().manual_seed(spec.seed))
+    shard = D.shard_range(len(eval_ds), ctx.rank, ctx.world_size)
+    eval_loader = DataLoader(Subset(eval_ds, list(shard)), batch_size=recipe.eval_batch_size,
+                             shuffle=False, num_workers=num_workers, pin_memory=pin,
+                             generator=torch.Generator().manual_seed(spec.seed))
+
+    def do_eval(step: int) -> dict:
+        t0 = time.perf_counter()
+        res = evaluate(_unwrap(net), eval_loader, task, recipe, ctx)
+        row = {"step": step, "kind": "eval", **res, "eval_s": round(time.perf_counter() - t0, 3)}
+        mlog.append(row)
+        mlog.write_csv()
+        if main:
+            log.info("step %d/%d eval: %s %.4f, loss %.4f", step, total, task.headline,
+                     res.get(task.headline, math.nan), res["eval_loss"])
+        return row
+
+    def save_ckpt(step: int) -> None:
+        rngs = D.gather_objects(ctx, get_rng_state())
+        if main:
+            save_state(ckpt_dir / "last.pt", run_id=spec.run_id, step=step, model=model,
+                       optimizer=opt, scheduler=sched, rng=rngs,
+                       sampler={"seed": spec.seed, "position": step * recipe.batch_size},
+                       extra={"acc": acc})
+        D.barrier(ctx)
+
+    last_eval = None
+    if start == 0:
+        last_eval = do_eval(0)
+
+    show_bar = main and (progress if progress is not None else sys.stderr.isatty())
+    bar = None
+    if show_bar:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, desc=spec.run_id)
+
+    step, session_steps, stopped_by = start, 0, None
+    net.train()
+    t_log = time.perf_counter()
+    with StopRequest() as stop:
+        it = iter(train_loader)
+        while step < total:
+            x, y, m = next(it)
+            t0 = time.perf_counter()
+            x = _to(x, ctx.device, recipe.channels_last)
+            y, m = y.to(ctx.device), m.to(ctx.device)
+            with _autocast(recipe, ctx.device):
+                out = net(x)
+            loss = loss_fn(task.kind, out.float(), y, m)
+            if not torch.isfinite(loss):
+                raise ConfigError(f"run {spec.run_id}: the loss became {loss.item()} at step {step}: "
+                                  f"lower the learning rate (recipe lr) or check the data")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            lr_used = opt.param_groups[0]["lr"]
+            opt.step()
+            sched.step()
+            step += 1
+            session_steps += 1
+            acc["loss_sum"] += float(loss.detach())
+            acc["loss_n"] += 1
+            acc["images"] += recipe.batch_size
+            acc["time"] += time.perf_counter() - t0
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{lr_used:.2e}")
+            if step % recipe.log_every == 0 or step == total:
+                ips = acc["images"] / max(acc["time"], 1e-9)
+                row = {"step": step, "kind": "train", "loss": acc["loss_sum"] / acc["loss_n"],
+                       "lr": lr_used, "images_per_s": ips, "epoch": step / spe}
+                mlog.append(row)
+                if main and bar is None:
+                    eta = (total - step) * (time.perf_counter() - t_log) / max(session_steps, 1)
+                    log.info("step %d/%d loss %.4f lr %.3g %.1f img/s eta %.0fs", step, total,
+                             row["loss"], lr_used, ips, eta)
+                acc = {"loss_sum": 0.0, "loss_n": 0, "images": 0, "time": 0.0}
+            if step % recipe.eval_every == 0 or step == total:
+                last_eval = do_eval(step)
+            want_stop = stop.signum is not None or (
+                max_steps_this_session is not None and session_steps >= max_steps_this_session)
+            want_stop = D.any_flag(ctx, want_stop) and step < total
+            if step % recipe.checkpoint_every == 0 or want_stop:
+                if step < total:
+                    save_ckpt(step)
+            if want_stop:
+                stopped_by = (signal.Signals(stop.signum).name if stop.signum is not None
+                              else "max_steps_this_session")
+                break
+    if bar is not None:
+        bar.close()
+
+    if stopped_by is not None:
+        msg = (f"run {spec.run_id} stopped at step {step}/{total} ({stopped_by}); checkpoint saved "
+               f"in {ckpt_dir / 'last.pt'}. Rerun the same command to resume.")
+        if main:
+            log.warning(msg)
+        return {"run_id": spec.run_id, "status": "interrupted", "step": step, "total_steps": total,
+                "stopped_by": stopped_by, "message": msg}
+
+    if last_eval is None or last_eval["step"] != total:
+        last_eval = do_eval(total)
+    evals = [r for r in mlog.rows() if r.get("kind") == "eval"] if main else []
+    head = task.headline
+    finite = [r for r in evals if isinstance(r.get(head), (int, float)) and not math.isnan(r[head])]
+    best = max(finite, key=lambda r: r[head]) if finite else None
+    metrics = {k: v for k, v in last_eval.items() if k not in ("step", "kind", "eval_s")}
+    final = {"run_id": spec.run_id, "status": "finished", "steps": total, "task": task.name,
+             "headline": head, head: metrics.get(head), "metrics": metrics,
+             "best": {"value": best[head], "step": best["step"]} if best else None,
+             "session_wall_s": round(time.perf_counter() - t_start, 3)}
+    if main:
+        save_model_checkpoint(run_dir / "model_final.pt", model, spec.model,
+                              {"run_id": spec.run_id, "step": total, "init": spec.init})
+        mlog.write_csv()
+        atomic_write_json(run_dir / "final.json", final)
+        log.info("run %s finished: %s %.4f -> %s", spec.run_id, head,
+                 metrics.get(head, math.nan), run_dir / "final.json")
+    D.barrier(ctx)
+    return final
