@@ -1,4 +1,5 @@
-"""Small shared helpers: atomic file writes (temp file in the same folder, then os.replace)."""
+"""Small file helpers: every file is written atomically (temp file in the same folder, then
+``os.replace``), so a crash never leaves half a file behind."""
 from __future__ import annotations
 
 import json
@@ -7,14 +8,15 @@ import tempfile
 from pathlib import Path
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+def atomic_write_bytes(path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -22,22 +24,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def atomic_write_text(path: str | os.PathLike, data: str) -> None:
-    """Text version of :func:`atomic_write_bytes` (UTF-8)."""
+def atomic_write_text(path, data: str) -> None:
     atomic_write_bytes(path, data.encode("utf-8"))
 
 
-def atomic_write_json(path: str | os.PathLike, obj) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
+def atomic_write_json(path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def atomic_torch_save(path: str | os.PathLike, obj) -> None:
-    """``torch.save`` to a temp file in the same folder, then rename."""
+def atomic_torch_save(path, data) -> None:
     import io
 
     import torch
 
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    buffer = io.BytesIO()
+    torch.save(data, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
