@@ -4,7 +4,7 @@ Layer names are the model's ``stage_names`` (ResNet: conv1, block1..block4; Ince
 Conv2d_1a_3x3..Mixed_7c; CBR: cbr1..cbrN), reached through ``model.stage(name)``.
 
 Activations become datapoints x neurons matrices, (n, a): a conv output (N, C, H, W) is
-average-pooled to at most ``pool`` x ``pool`` positions (``DEFAULT_POOL`` = 4) and each position of
+average-pooled to ``min(pool, H, W)`` squared positions (``DEFAULT_POOL`` = 4) and each position of
 each image becomes one datapoint, (N * h * w, C), through ``transfusion.ops.conv_to_datapoints``;
 a (N, C) output is used as it is. Pooling keeps the number of datapoints per image fixed, so two
 models of different depth or input size can be compared on the same rows, and keeps the number of
@@ -31,7 +31,8 @@ def to_datapoints(act, pool: int = DEFAULT_POOL) -> torch.Tensor:
         act = act[0]
     act = act.detach()
     if act.dim() == 4:
-        return conv_to_datapoints(act, pool=pool)
+        side = max(1, min(pool, act.shape[-2], act.shape[-1]))  # never upsample a small map
+        return conv_to_datapoints(act, pool=side, warn=False)
     if act.dim() == 2:
         return act
     return act.reshape(act.shape[0], -1)

@@ -38,16 +38,25 @@ def eval_batches(dataset, n_images: int, batch_size: int = 32):
 def collect_statistics(models: dict[str, nn.Module], batches: Iterable[torch.Tensor], *,
                        pool: int = DEFAULT_POOL, device: str | torch.device = "cpu",
                        stages: dict[str, Iterable[str]] | None = None):
-    """One pass: every stage of every model (keys '<name>/<stage>') into one CCAStatistics."""
+    """One pass: every stage of every model (keys '<name>/<stage>') into one CCAStatistics.
+
+    Layers are grouped by stage name (the same stage of every model in one group), so any two
+    models can be compared at any stage they share; memory is the sum over stages of
+    (sum of that stage's widths over the models)^2 float64 values, independent of the image count.
+    """
     from transfusion.ops import CCAStatistics
 
-    stats = CCAStatistics()
+    chosen = {name: tuple((stages or {}).get(name) or model.stage_names) for name, model in models.items()}
+    groups: dict[str, list[str]] = {}
+    for name, names in chosen.items():
+        for stage in names:
+            groups.setdefault(stage, []).append(layer_key(name, stage))
+    stats = CCAStatistics(groups=groups)
     n_images = 0
     recorders = []
     for name, model in models.items():
         model.to(device).eval()
-        recorders.append(StageRecorder(model, name, stats.update, pool=pool,
-                                       stages=(stages or {}).get(name)))
+        recorders.append(StageRecorder(model, name, stats.update, pool=pool, stages=chosen[name]))
     for r in recorders:
         r.__enter__()
     try:
@@ -73,14 +82,17 @@ def _value(result) -> float:
 
 def pair_similarity(stats, key_a: str, key_b: str, methods: Iterable[str] = METHODS) -> dict:
     """(SV)CCA / CKA between two recorded layers, as a JSON-ready dict."""
-    row = {"layer_a": key_a, "layer_b": key_b, "n_images": getattr(stats, "n_images", None)}
+    row = {"layer_a": key_a, "layer_b": key_b, "n_images": getattr(stats, "n_images", None),
+           "neurons_a": None, "neurons_b": None}
     for m in methods:
         try:
             res = getattr(stats, m)(key_a, key_b)
             row[m] = _value(res)
-            kept = getattr(res, "kept_dims", None) or getattr(res, "kept", None)
-            if m == "svcca" and kept is not None:
-                row["svcca_kept_dims"] = list(kept) if isinstance(kept, (tuple, list)) else kept
+            if m == "svcca":
+                row["svcca_kept_dims"] = list(res.kept)
+                row["n_datapoints"] = int(res.n)
+            if m == "cka":
+                row["neurons_a"], row["neurons_b"] = (int(k) for k in res.kept)
         except Exception as e:  # a degenerate layer (e.g. all-zero ReLU) is reported, not fatal
             log.warning("%s(%s, %s) failed: %s", m, key_a, key_b, e)
             row[m] = float("nan")

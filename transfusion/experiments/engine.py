@@ -46,32 +46,54 @@ def natural_source(cfg: ExperimentConfig) -> dict:
     from transfusion.data.synthetic import ensure_synthetic
 
     root = ensure_synthetic("natural", Path(cfg.cache), n_images=cfg.pretrain_images,
-                            image_size=cfg.image_size, seed=0)
+                            image_size=cfg.image_size, seed=0, n_classes=cfg.pretrain_classes)
     return {"dataset": "imagefolder", "root": str(root), "synthetic": True}
 
 
 # --------------------------------------------------------------------------- training specs
 def training_spec(*, model: str, task: str, data: dict, init: str, seed: int, steps: int,
                   eval_every: int, image_size: int, batch_size: int | None,
-                  checkpoint: str | None = None, upto: str | None = None, limit: int | None = None,
-                  device: str | None = None):
-    """The training stream's RunSpec for one run (the one place that knows its fields)."""
+                  checkpoint: str | None = None, upto: str | None = None, limit: int | None = None):
+    """The training stream's RunSpec for one run (the one place that knows its fields).
+
+    Checkpoints are written at every evaluation so an interrupted short run resumes close to
+    where it stopped (the recipe default, 1000 steps, is for long runs).
+    """
     from transfusion.experiments.runs import RunSpec
 
+    overrides = {"checkpoint_every": eval_every, "log_every": max(1, min(50, eval_every))}
     return RunSpec(model=model, task=task, dataset=data["dataset"], data_root=data["root"],
                    init=init, checkpoint=checkpoint, upto=upto, seed=seed, steps=steps,
                    eval_every=eval_every, image_size=image_size, batch_size=batch_size,
-                   limit=limit)
+                   limit=limit, overrides=overrides)
+
+
+class RunsInterrupted(ConfigError):
+    """A run stopped before its end (Ctrl-C, SIGTERM): rerun the same command to resume it."""
 
 
 def execute(cfg: ExperimentConfig, specs: list) -> None:
-    """Run the specs with the chosen executor; finished runs are skipped, interrupted ones resumed."""
+    """Run the specs with the chosen executor; finished runs are skipped, interrupted ones resumed.
+
+    Locally the specs go one at a time, so that an interrupted run stops the whole plan (instead
+    of the executor moving on to the next run) and the rerun continues exactly there.
+    """
     from transfusion.experiments.runs import make_executor
 
-    if not specs:
-        return
     unique = list({s.run_id: s for s in specs}.values())
-    make_executor(cfg.executor).run(unique, cfg.runs_dir)
+    if not unique:
+        return
+    kwargs = {"device": cfg.device} if cfg.executor == "local" and cfg.device else {}
+    ex = make_executor(cfg.executor, runs_dir=cfg.runs_dir, **kwargs)
+    batches = [[s] for s in unique] if cfg.executor == "local" else [unique]
+    for batch in batches:
+        results = ex.run(batch, cfg.runs_dir)
+        stopped = [r for r in results if r.get("status") != "finished"]
+        if stopped:
+            raise RunsInterrupted(
+                f"run {stopped[0].get('run_id')} did not finish ({stopped[0].get('status')}: "
+                f"{stopped[0].get('message', '')}); rerun the same command: finished runs are "
+                f"skipped and this one resumes from its last checkpoint")
 
 
 # ------------------------------------------------------------------------ pretrained weights
