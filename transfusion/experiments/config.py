@@ -55,7 +55,7 @@ PRESETS: dict[str, Preset] = {
     "micro": Preset(
         name="micro", models=("cbr_tiny",), resnet="resnet50_narrow", slim="resnet50_slim",
         seeds=(0,), steps={"retina": 4, "chexpert": 4}, image_size={"retina": 32, "chexpert": 32},
-        eval_every=2, batch_size=4, threshold=0.5, synthetic_images=40, synthetic_eval_images=16,
+        eval_every=2, batch_size=4, threshold=0.5, synthetic_images=120, synthetic_eval_images=40,
         pretrain_steps=4, pretrain_images=40, pretrain_classes=4, similarity_images=16, pool=2,
         threshold_note="micro preset: 0.5 AUC so that a 4-step run can cross it (tests only)"),
     "demo": Preset(
@@ -159,7 +159,10 @@ def parse_pretrained(values: list[str] | None) -> dict[str, str]:
 
 
 def normalise_model_name(name: str) -> str:
-    return name.strip().lower().replace("-", "_")
+    """The model registry's name ("CBR-Small" -> "cbr_small"); ConfigError if unknown."""
+    from transfusion.models import canonical_model_name
+
+    return canonical_model_name(name.strip())
 
 
 def parse_list(value: str | None, kind=str) -> tuple | None:
