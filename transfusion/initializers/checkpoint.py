@@ -51,6 +51,7 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     model_name: str | None = None          # known for this project's own files
     notes: list[str] = field(default_factory=list)
+    info: dict | None = None               # own files: num_classes, in_channels, meta
 
     def describe(self) -> dict:
         return {"path": self.path, "sha256_16": self.sha256[:16], "model_name": self.model_name,
@@ -96,10 +97,11 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
             f"cannot read {str(path)!r} as a torch checkpoint ({type(exc).__name__}: "
             f"{text.splitlines()[0] if text else ''}); the file is truncated, corrupt or not a "
             "checkpoint: download or copy it again") from exc
-    model_name = None
+    model_name = info = None
     notes: list[str] = []
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         model_name = obj.get("model_name")
+        info = {k: obj.get(k) for k in ("model_name", "num_classes", "in_channels", "meta")}
         obj = obj.get("state_dict")
     elif isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
         for key in _WRAPPER_KEYS:
@@ -116,7 +118,8 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
             f"{' with keys ' + str(keys) if keys else ''}); expected a dict of tensors, "
             f"possibly under one of {list(_WRAPPER_KEYS)}")
     state_dict, prefix_notes = _strip_prefixes(dict(obj))
-    return Checkpoint(str(path), file_sha256(path), state_dict, model_name, notes + prefix_notes)
+    return Checkpoint(str(path), file_sha256(path), state_dict, model_name, notes + prefix_notes,
+                      info)
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -145,14 +148,12 @@ def save_model_checkpoint(path: str | os.PathLike, model: nn.Module, model_name:
 def load_model_checkpoint(path: str | os.PathLike, *, cbr_fused: bool = True):
     """Rebuild the model saved by ``save_model_checkpoint``: returns ``(model, info)`` where
     ``info`` holds model_name, num_classes, in_channels and meta."""
-    path = Path(path)
     ckpt = read_checkpoint(path)
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if not (isinstance(obj, dict) and obj.get("format") == FORMAT):
+    if ckpt.info is None:
         raise CheckpointError(f"{str(path)!r} is not a transfusion model checkpoint (it has no "
                               f"'format': '{FORMAT}' entry); build the model with build_model() "
                               "and use initialize(..., 'transfer', checkpoint=...) instead")
-    info = {k: obj[k] for k in ("model_name", "num_classes", "in_channels", "meta")}
+    info = dict(ckpt.info, meta=ckpt.info.get("meta") or {})
     model = build_model(info["model_name"], info["num_classes"], info["in_channels"],
                         cbr_fused=cbr_fused)
     model.load_state_dict(ckpt.state_dict)

@@ -117,12 +117,17 @@ def _sentence(text: str) -> str:
 
 
 def _copy(model: nn.Module, state_dict: dict, keys: list[str], sources: dict) -> None:
+    """Copy ``keys`` from the file; BN counters that older files lack (e.g. torchvision's
+    resnet50-0676ba61.pth) are set to 0 ("reset")."""
     target = model.state_dict()
     with torch.no_grad():
         for k in keys:
             if k in state_dict:
                 target[k].copy_(state_dict[k])
                 sources[k] = "checkpoint"
+            elif k.endswith("num_batches_tracked"):
+                target[k].zero_()
+                sources[k] = "reset"
 
 
 def _pretrained_keys(model: nn.Module, stages) -> list[str]:
@@ -189,6 +194,10 @@ def initialize(model: nn.Module, method: str, *, model_name: str,
     summary (JSON-serialisable) that the run writes next to its results."""
     method = _canonical_method(method)
     name = canonical_model_name(model_name)
+    built_as = getattr(model, "model_name", name)
+    if built_as != name:
+        raise ConfigError(f"model_name={model_name!r} but the model was built as {built_as!r}; "
+                          "pass the name the model was built with")
     if method in _NEEDS_CHECKPOINT and checkpoint is None:
         raise ConfigError(f"initialisation {method!r} needs a checkpoint file (ImageNet weights "
                           f"for {DISPLAY_NAMES[name]}); pass checkpoint=<path>")
@@ -222,12 +231,15 @@ def initialize(model: nn.Module, method: str, *, model_name: str,
             if method == "slim":
                 in_c = model.state_dict()[model.first_conv_key].shape[1]
                 reference, ref_name = model_skeleton("resnet50", 1000, in_c), "resnet50"
-            loaded = {"transfer": [k for k in keys if not model.is_head_key(k)],
-                      "mean_var": [k for k in keys if not model.is_head_key(k)],
-                      "transfuse": _pretrained_keys(model, model.stage_names[
-                          :model.stage_names.index(upto) + 1] if upto else ()),
-                      "slim": _pretrained_keys(model, ("conv1", "block1", "block2")),
-                      "gabor": [model.first_conv_key]}[method]
+            if method in ("transfer", "mean_var"):
+                loaded = [k for k in keys if not model.is_head_key(k)]
+            elif method == "transfuse":
+                stages = model.stage_names[:model.stage_names.index(upto) + 1]
+                loaded = _pretrained_keys(model, stages)
+            elif method == "slim":
+                loaded = _pretrained_keys(model, ("conv1", "block1", "block2"))
+            else:  # gabor: only the first conv's norm is used
+                loaded = [model.first_conv_key]
             _check_fits(ckpt, state_dict, reference, ref_name)
             if method == "mean_var":
                 _mean_var(model, state_dict, loaded, seed, sources)
