@@ -25,6 +25,11 @@ PYBIND11_MODULE(_C, m) {
     info["cuda"] = false;
     info["cuda_archs"] = "";
 #endif
+#if defined(TRANSFUSION_CUDA_COMPILE_CHECKED)
+    info["cuda_compile_checked"] = true;
+#else
+    info["cuda_compile_checked"] = false;
+#endif
     info["cpu_capability"] =
         transfusion::cpu::capability_name(transfusion::cpu::best_capability());
     return info;

@@ -72,10 +72,14 @@ def build_info() -> dict[str, Any]:
     module, reason = _load()
     if module is None:
         return {"extension": False, "reason": reason, "cuda": False, "cuda_archs": "",
-                "cpu_capability": "none (reference ops)"}
+                "cuda_compile_checked": False, "cpu_capability": "none (reference ops)"}
     info = dict(module.build_info())
     info["extension"] = True
-    info["reason"] = "" if info["cuda"] else (
-        "CUDA kernels not built: torch has no CUDA or nvcc was not found at build time"
-    )
+    if info["cuda"]:
+        info["reason"] = ""
+    elif info["cuda_compile_checked"]:
+        info["reason"] = ("torch has no CUDA: the CUDA sources were compile-checked with nvcc, "
+                          "not built")
+    else:
+        info["reason"] = "torch has no CUDA or nvcc was not found at build time"
     return info

@@ -62,7 +62,7 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print JSON instead 
                f"(CUDA {data['torch_cuda'] or 'none'})  numpy {data['numpy']}")
     typer.echo(f"platform     {data['platform']}, {data['threads']} torch threads")
     if ext["extension"]:
-        cuda = f"yes, archs {ext['cuda_archs']}" if ext["cuda"] else f"no ({ext['reason']})"
+        cuda = f"yes, archs {ext['cuda_archs']}" if ext["cuda"] else f"none ({ext['reason']})"
         typer.echo(f"extension    transfusion._C loaded; CPU kernels: {ext['cpu_capability']}; "
                    f"CUDA kernels: {cuda}")
     else:
@@ -110,6 +110,18 @@ def check(
     if err > 1e-5:
         raise typer.Exit(code=1)
 
+
+# --- train stream: `transfusion train` and `transfusion pretrain` ---
+from transfusion.train.cli import register as _register_train  # noqa: E402
+
+_register_train(app)
+# --- end train stream ---
+
+# --- data stream: `transfusion data ...` -------------------------------------------------------
+from transfusion.data.cli import data_app  # noqa: E402
+
+app.add_typer(data_app, name="data")
+# --- end data stream ----------------------------------------------------------------------------
 
 # --- experiments stream: run <experiment>, run all, report, compare ---
 from transfusion.experiments.cli import register as _register_experiments  # noqa: E402

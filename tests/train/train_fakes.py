@@ -21,6 +21,7 @@ class FakeTask:
 RETINA = FakeTask("retina", "grade", 5, ("0", "1", "2", "3", "4"))
 CHEX = FakeTask("chexpert", "multilabel", 5, ("Atelectasis", "Cardiomegaly", "Consolidation",
                                               "Edema", "Pleural Effusion"))
+NATURAL = FakeTask("natural", "multiclass", 4, ("a", "b", "c", "d"))
 
 
 class FakeDataset(Dataset):
@@ -32,7 +33,12 @@ class FakeDataset(Dataset):
         g = torch.Generator().manual_seed(seed * 7 + {"train": 0, "val": 1, "test": 2}[split])
         self.task, self.augment, self.n = task, augment, n
         s = image_size
-        if task.kind == "grade":
+        if task.kind == "multiclass":  # ImageFolder-like: .classes, no .task
+            self.classes = ("a", "b", "c", "d")
+            self.targets = torch.randint(0, 4, (n,), generator=g)
+            shift = self.targets.float()[:, None, None, None] * 0.4
+            self.masks = torch.ones(n)
+        elif task.kind == "grade":
             self.targets = torch.randint(0, 5, (n,), generator=g)
             shift = self.targets.float()[:, None, None, None] * 0.4
             self.masks = torch.ones(n)
@@ -41,6 +47,9 @@ class FakeDataset(Dataset):
             shift = self.targets[:, :in_channels, None, None] * 0.8
             self.masks = (torch.rand(n, 5, generator=g) < 0.8).float()
         self.images = torch.randn(n, in_channels, s, s, generator=g) + shift
+
+        if task.kind == "multiclass":
+            self.task = None
 
     def __len__(self):
         return self.n
@@ -52,12 +61,12 @@ class FakeDataset(Dataset):
         return x, self.targets[i], self.masks[i]
 
     def describe(self):
-        return {"dataset": "fake", "n": self.n, "task": self.task.name}
+        return {"dataset": "fake", "n": self.n}
 
 
 def load_dataset(name, root, split, *, image_size, augment, seed=0, label_policy="ignore",
                  in_channels=3, limit=None, **_):
-    task = CHEX if name == "chexpert" else RETINA
+    task = {"chexpert": CHEX, "imagefolder": NATURAL}.get(name, RETINA)
     n = {"train": 48, "val": 40, "test": 40}[split]
     if limit is not None:
         n = min(n, limit)

@@ -37,8 +37,8 @@ class RunSpec:
     data_root: the folder (or .npz) to pass to ``load_dataset``, or ``"synthetic"``: the data
     stream's synthetic set of the task (``synthetic_images`` images at the recipe's image size,
     made once under $TRANSFUSION_CACHE, default ~/.cache/transfusion).
-    recipe: a name in ``transfusion.train.recipes.RECIPES`` (default: the task's); ``overrides``
-    changes any recipe field; ``steps``, ``eval_every``, ``image_size`` and ``batch_size`` are
+    recipe: a name in ``transfusion.train.recipes.RECIPES`` (default: the task's, filled in);
+    ``overrides`` changes any recipe field (stored typed, so "1" and 1 give one run_id); ``steps``, ``eval_every``, ``image_size`` and ``batch_size`` are
     shortcuts for the most common overrides (they win over ``overrides``).
     """
 
@@ -75,7 +75,13 @@ class RunSpec:
         object.__setattr__(self, "task", task)
         if self.init == "transfuse" and not self.upto:
             raise ConfigError("RunSpec: init 'transfuse' needs upto= a stage name (e.g. block2)")
-        object.__setattr__(self, "overrides", dict(self.overrides or {}))
+        from transfusion.train.recipes import RECIPE_FOR_TASK, RECIPES, coerce_overrides
+
+        recipe = self.recipe or RECIPE_FOR_TASK[task]
+        if recipe not in RECIPES:
+            raise ConfigError(f"RunSpec: unknown recipe {recipe!r}: use one of {', '.join(RECIPES)}")
+        object.__setattr__(self, "recipe", recipe)
+        object.__setattr__(self, "overrides", coerce_overrides(self.overrides))
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict:
@@ -106,9 +112,7 @@ class RunSpec:
 
     @property
     def recipe_name(self) -> str:
-        from transfusion.train.recipes import RECIPE_FOR_TASK
-
-        return self.recipe or RECIPE_FOR_TASK[self.task]
+        return self.recipe
 
     def recipe_overrides(self) -> dict:
         o = dict(self.overrides)

@@ -13,6 +13,8 @@ from transfusion.errors import InputError
 from transfusion.ops import reference
 
 _OP = "transfusion::scale_shift_relu"
+# Device types with compiled kernels, read once: a plain constant that torch.compile can fold.
+_KERNEL_DEVICES = _extension.kernel_device_types()
 
 
 def scale_shift_relu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -25,7 +27,7 @@ def scale_shift_relu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) 
             f"scale_shift_relu: x must be (N, C, ...) with scale and shift of shape (C,); got x "
             f"{tuple(x.shape)}, scale {tuple(scale.shape)}, shift {tuple(shift.shape)}"
         )
-    if _extension.has_kernel(x.device):
+    if x.device.type in _KERNEL_DEVICES:
         return torch.ops.transfusion.scale_shift_relu(x, scale, shift)
     y = x * reference._channel_view(scale, x) + reference._channel_view(shift, x)
     return torch.relu(y)

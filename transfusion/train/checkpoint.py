@@ -66,12 +66,14 @@ def load_state(path: str | os.PathLike, run_id: str) -> dict:
 
 
 def save_model_checkpoint(path: str | os.PathLike, model, model_name: str, meta: dict) -> None:
-    """The models stream's model checkpoint (``transfusion.initializers.save_model_checkpoint``);
-    written here with the same documented layout when that module is not importable."""
-    try:
-        from transfusion.initializers import save_model_checkpoint as save
-    except ImportError:
-        save = None
+    """The models stream's model checkpoint (``transfusion.initializers.save_model_checkpoint``) for
+    registry models; the same documented layout written here for other modules (test fakes)."""
+    save = None
+    if hasattr(model, "first_conv_key") and hasattr(model, "head_prefix"):
+        try:
+            from transfusion.initializers import save_model_checkpoint as save
+        except ImportError:
+            save = None
     if save is not None:
         save(path, model, model_name, meta)
         return

@@ -123,6 +123,23 @@ def _coerce(name: str, value):
     return str(value)
 
 
+def coerce_overrides(overrides: dict | None) -> dict:
+    """Typed, JSON-ready overrides ({"eval_every": "1"} -> {"eval_every": 1}); unknown fields raise.
+    Run specs store them this way so that equal settings hash to the same run_id."""
+    overrides = dict(overrides or {})
+    bad = sorted(set(overrides) - set(_FIELDS) | ({"name"} & set(overrides)))
+    if bad:
+        raise ConfigError(f"unknown recipe field(s) {', '.join(bad)}: the fields are "
+                          f"{', '.join(f for f in _FIELDS if f != 'name')}")
+    out = {}
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        v = _coerce(k, v)
+        out[k] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
 def get_recipe(name: str, overrides: dict | None = None) -> Recipe:
     """The named recipe with ``overrides`` ({field: value}, strings are converted) applied."""
     if name not in RECIPES:

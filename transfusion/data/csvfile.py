@@ -1,0 +1,59 @@
+"""Reading label CSV files with errors that name the file, the line and what to fix."""
+from __future__ import annotations
+
+import csv
+import gzip
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from transfusion.errors import DataError
+
+
+def open_text(path: Path):
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", newline="")
+    return open(path, newline="")
+
+
+def read_rows(path: str | Path, required: Sequence[str], what: str
+              ) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """Header and an iterator of (line number, row). Raises DataError if a column is missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what}: label file {path} does not exist. Point the root at the folder "
+                        f"that holds it (expected columns: {', '.join(required)})")
+    f = open_text(path)
+    reader = csv.reader(f)
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        f.close()
+        raise DataError(f"{path}: the file is empty; expected a header with {', '.join(required)}")
+    missing = [c for c in required if c not in header]
+    if missing:
+        f.close()
+        raise DataError(f"{path}, line 1: missing column(s) {', '.join(missing)} (header is "
+                        f"{','.join(header)}); {what} needs {', '.join(required)}")
+
+    def rows():
+        with f:
+            for lineno, row in enumerate(reader, start=2):
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue
+                if len(row) < len(header):
+                    raise DataError(f"{path}, line {lineno}: {len(row)} fields, the header has "
+                                    f"{len(header)}; fix or remove the line")
+                yield lineno, row
+
+    return header, rows()
+
+
+def parse_int_label(value: str, allowed: range, path, lineno: int, column: str) -> int:
+    try:
+        v = float(value)
+    except ValueError:
+        v = None
+    if v is None or v != int(v) or int(v) not in allowed:
+        raise DataError(f"{path}, line {lineno}: {column} must be an integer in "
+                        f"{allowed.start}..{allowed.stop - 1}, got {value!r}")
+    return int(v)

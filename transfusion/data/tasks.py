@@ -1,0 +1,28 @@
+"""What a model predicts for each medical task, and how its outputs are read."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CHEXPERT_COMPETITION = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
+RETINA_GRADES = ("grade0", "grade1", "grade2", "grade3", "grade4")
+REFERABLE_GRADE = 2  # referable diabetic retinopathy: grade >= 2 (moderate or worse)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A prediction task.
+
+    ``retina``: 5 grade logits, cross-entropy on grade 0-4; referable-DR probability is the
+    sum of the softmax over grades >= 2. ``chexpert``: 5 logits, one per competition
+    pathology, BCE-with-logits masked where the label is ignored.
+    """
+
+    name: str
+    kind: str  # "grade" | "multilabel"
+    num_outputs: int
+    label_names: tuple[str, ...]
+
+
+RETINA = Task("retina", "grade", 5, RETINA_GRADES)
+CHEXPERT = Task("chexpert", "multilabel", 5, CHEXPERT_COMPETITION)
+TASKS = {"retina": RETINA, "chexpert": CHEXPERT}
