@@ -9,6 +9,13 @@ TORCH_LIBRARY(transfusion, m) {
   // y = relu(x * scale[c] + shift[c]) with c the channel dimension (dim 1) of x (N, C, *).
   // The normalise + affine + ReLU pass of a conv-BN-ReLU block (BN folded into scale and shift).
   m.def("scale_shift_relu(Tensor x, Tensor scale, Tensor shift) -> Tensor");
+
+  // ---- svcca stream ------------------------------------------------------------------------
+  // (gram, colsum) = sums over the rows of the shifted concatenation z = [x_1 .. x_k] - shift:
+  // gram = z^T z (float64; blocks i != j only when cross), colsum = sum of z (float64).
+  // The Gram pass of (SV)CCA / PWCCA / CKA; see csrc/include/transfusion/gram_pass.h.
+  m.def("gram_pass(Tensor[] xs, Tensor shift, int chunk_rows, bool cross) -> (Tensor, Tensor)");
+  // ---- end svcca stream --------------------------------------------------------------------
 }
 
 namespace py = pybind11;
