@@ -60,10 +60,11 @@ def collect_statistics(models: dict[str, nn.Module], batches: Iterable[torch.Ten
     for r in recorders:
         r.__enter__()
     try:
+        distinct = list({id(m): m for m in models.values()}.values())  # a model named twice runs once
         with torch.no_grad():
             for x in batches:
                 x = x.to(device)
-                for model in models.values():
+                for model in distinct:
                     model(x)
                 n_images += x.shape[0]
     finally:

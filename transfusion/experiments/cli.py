@@ -24,7 +24,7 @@ PRESET_HELP = ("micro: seconds per experiment (tests); demo: synthetic data on a
 
 def _run(name: str, *, preset, dataset, data_dir, data_format, models, seeds, steps, image_size,
          batch_size, pretrained, out, runs, executor, threshold, small_data=None, upto=None,
-         cache=None, device=None) -> None:
+         cache=None, device=None, threads=None) -> None:
     from transfusion.experiments import config as C
     from transfusion.experiments.engine import run_experiment
 
@@ -37,7 +37,7 @@ def _run(name: str, *, preset, dataset, data_dir, data_format, models, seeds, st
             models=C.parse_list(models), seeds=C.parse_list(seeds, int), steps=steps,
             image_size=image_size, batch_size=batch_size, pretrained=C.parse_pretrained(pretrained),
             out=out, runs=runs, executor=executor, threshold=threshold,
-            small_data=small_data, upto=upto, cache=cache, device=device)
+            small_data=small_data, upto=upto, cache=cache, device=device, threads=threads)
         t0 = time.perf_counter()
         typer.echo(f"== transfusion run {n} (preset {cfg.preset}, {cfg.dataset}, "
                    f"{'data ' + cfg.data_dir if cfg.data_dir else 'SYNTHETIC data'})")
@@ -71,6 +71,9 @@ def _make_command(name: str, doc: str, *, small_data: bool = False, upto: bool =
                                                   "(default: the preset's; paper 0.91)."),
         cache: Optional[str] = typer.Option(None, help="Where synthetic data is cached (default: beside runs/)."),
         device: Optional[str] = typer.Option(None, help="Device of the similarity analysis (default cpu)."),
+        threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: 1 for the micro "
+                                              "and demo presets, which target a shared small CPU; "
+                                              "torch's default otherwise)."),
         small_data_opt: Optional[int] = typer.Option(None, "--small-data", hidden=not small_data,
                                                      help="Train on this many images (Table 3: 5000)."),
         upto_opt: Optional[str] = typer.Option(None, "--upto", hidden=not upto,
@@ -79,7 +82,7 @@ def _make_command(name: str, doc: str, *, small_data: bool = False, upto: bool =
         _run(name, preset=preset, dataset=dataset, data_dir=data_dir, data_format=data_format,
              models=models, seeds=seeds, steps=steps, image_size=image_size, batch_size=batch_size,
              pretrained=pretrained, out=out, runs=runs, executor=executor, threshold=threshold,
-             small_data=small_data_opt, upto=upto_opt, cache=cache, device=device)
+             small_data=small_data_opt, upto=upto_opt, cache=cache, device=device, threads=threads)
 
     command.__doc__ = doc
     return command

@@ -46,6 +46,9 @@ class Preset:
     similarity_images: int      # evaluation images fed to the (SV)CCA of the representation studies
     pool: int                   # conv activations are average-pooled to pool x pool positions
     threshold_note: str
+    # torch CPU threads while running (None: torch's default). The CPU presets use 1: on a shared
+    # 2-core machine OpenMP's spinning threads made a training step 10-100x slower than one thread
+    threads: int | None = None
     # per-experiment changes to the above (e.g. the demo's slim run uses full-size ResNet50, so
     # it gets fewer steps); explicit command-line options still win
     per_experiment: dict = field(default_factory=dict)
@@ -57,7 +60,8 @@ PRESETS: dict[str, Preset] = {
         seeds=(0,), steps={"retina": 4, "chexpert": 4}, image_size={"retina": 32, "chexpert": 32},
         eval_every=2, batch_size=4, threshold=0.5, synthetic_images=120, synthetic_eval_images=40,
         pretrain_steps=4, pretrain_images=40, pretrain_classes=4, similarity_images=16, pool=2,
-        threshold_note="micro preset: 0.5 AUC so that a 4-step run can cross it (tests only)"),
+        threshold_note="micro preset: 0.5 AUC so that a 4-step run can cross it (tests only)",
+        threads=1),
     "demo": Preset(
         name="demo", models=("cbr_small", "cbr_tiny", "resnet50_narrow"), resnet="resnet50_narrow",
         slim="resnet50_slim", seeds=(0, 1), steps={"retina": 300, "chexpert": 300},
@@ -67,6 +71,7 @@ PRESETS: dict[str, Preset] = {
         threshold_note=("demo preset: 0.75 AUC on the synthetic fundus set, a level the demo runs "
                         "reach within 300 steps (the paper's 0.91 on real retina is not reachable "
                         "at this scale)"),
+        threads=1,
         # slim needs full-size ResNet50 (its pretrained weights) and resnet50_slim: no narrow
         # variant exists, so the demo gives it one seed, fewer steps and a shorter pretraining
         per_experiment={"slim": {"seeds": (0,), "steps": {"retina": 100, "chexpert": 100},
@@ -116,6 +121,7 @@ class ExperimentConfig:
     pool: int = 4
     cache: str = "data-cache"
     device: str | None = None
+    threads: int | None = None
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -183,7 +189,7 @@ def make_config(experiment: str, *, preset: str = "demo", dataset: str = "retina
                 out: str = "results", runs: str = "runs", executor: str = "local",
                 threshold: float | None = None, small_data: int | None = None,
                 upto: str | None = None, cache: str | None = None,
-                device: str | None = None) -> ExperimentConfig:
+                device: str | None = None, threads: int | None = None) -> ExperimentConfig:
     """A config from a preset plus explicit overrides, validated with messages that say what to do."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -228,4 +234,4 @@ def make_config(experiment: str, *, preset: str = "demo", dataset: str = "retina
         pretrain_images=p.pretrain_images, pretrain_classes=p.pretrain_classes,
         similarity_images=p.similarity_images, pool=p.pool,
         cache=str(Path(cache).resolve()) if cache else str(Path(runs).resolve().parent / "data-cache"),
-        device=device)
+        device=device, threads=threads if threads is not None else p.threads)

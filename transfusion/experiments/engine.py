@@ -204,6 +204,10 @@ def needed_pretrained(cfg: ExperimentConfig, module) -> list[str]:
 def run_experiment(cfg: ExperimentConfig) -> Path:
     """Plan, train (resumably), analyse and report one experiment; returns report.md's path."""
     module = experiment_module(cfg.experiment)
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
     data = data_source(cfg)
     pretrained = resolve_pretrained(cfg, needed_pretrained(cfg, module))
     planned = plan_experiment(cfg, module, data, pretrained)
