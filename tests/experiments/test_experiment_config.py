@@ -16,11 +16,11 @@ def test_all_seven_experiments_are_registered_with_help():
 def test_presets_and_overrides(tmp_path):
     cfg = make_config("performance", preset="demo", out=str(tmp_path / "r"), runs=str(tmp_path / "runs"))
     assert cfg.models == PRESETS["demo"].models and not cfg.models_given
-    assert cfg.image_size == 64 and cfg.steps == 300 and cfg.threshold == 0.75
+    assert cfg.image_size == 32 and cfg.steps == 200 and cfg.threshold == 0.85
     cfg = make_config("performance", preset="demo", models=("CBR-Tiny",), seeds=(3,), steps=7,
                       out=str(tmp_path), runs=str(tmp_path))
     assert cfg.models == ("cbr_tiny",) and cfg.models_given and cfg.seeds == (3,)
-    assert cfg.steps == 7 and cfg.eval_every == 7
+    assert cfg.steps == 7 and cfg.eval_every == 7 and cfg.threads == 1
     slim = make_config("slim", preset="demo", out=str(tmp_path), runs=str(tmp_path))
     assert slim.steps == 100 and slim.seeds == (0,)  # the demo's per-experiment change
     assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg

@@ -68,6 +68,8 @@ def test_layer_change(space):
     ("mean-var", {}, {"random", "mean_var", "transfer"}),
     ("gabor", {}, {"gabor conv1", "transfused conv1", "random"}),
     ("weight-transfusion", {"upto": "conv1"}, {"upto conv1"}),
+    # full-size ResNet50 + resnet50_slim (no narrow slim exists): the slowest test, 2 steps
+    ("slim", {"steps": 2}, {"slim (pretrained to block2)", "transfer", "random"}),
 ])
 def test_speed_experiments(space, name, kw, settings):
     out, text = _run(name, space, **kw)
