@@ -162,8 +162,13 @@ def setup_text(plan_doc, rs) -> str:
     cfg = plan_doc["config"]
     r0 = next((r for r in rs if r.get("finished")), rs[0] if rs else {})
     recipe = {k: r0.get(k) for k in ("optimizer", "lr", "batch_size") if r0.get(k) is not None}
-    data = {"label policy": r0.get("label_policy") or ("n/a (grades)" if cfg["dataset"] == "retina"
-                                                      else "see run config")}
+    if cfg["dataset"] == "retina":
+        data = {"labels": "DR grade 0-4 (5-way cross-entropy); referable DR = grade >= 2, its AUC is "
+                          "the headline metric"}
+    else:
+        data = {"label policy (uncertain labels)": r0.get("label_policy") or "see run config"}
+    data["evaluation"] = ("AUC on the patient-disjoint validation split, evaluated every "
+                          f"{cfg['eval_every']} steps; 'final' = at the last step")
     return document.setup_section(cfg, data=data, recipe=recipe, pretrained=plan_doc["pretrained"])
 
 

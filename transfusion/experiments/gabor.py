@@ -49,6 +49,6 @@ def report(plan_doc: dict, runs_dir: Path, out_dir: Path) -> Path:
                              title="conv1 at initialisation: Gabor bank vs transfused")
         figs = [("conv1 filters", "![conv1 at init](conv1_gabor.png)\n")]
     return speed_report(plan_doc, runs_dir, out_dir, label=label, order=ORDER, title=TITLE,
-                        question=QUESTION, curve_title="Gabor vs transfused conv1 vs random: test AUC vs step",
+                        question=QUESTION, curve_title="Gabor vs transfused conv1 vs random: validation AUC vs step",
                         steps_title="Steps to the AUC threshold: Gabor, transfused conv1, random",
                         extra_sections=figs)

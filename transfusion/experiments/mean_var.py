@@ -1,7 +1,7 @@
 """Mean Var (paper Fig. 6): is the benefit of transfer just the scale of the pretrained weights?
 
 Trains random, Mean Var (every weight drawn i.i.d. from N(mean, var) of the pretrained tensor, BN
-reset) and transfer initialisations for each seed, and plots test AUC against the training step
+reset) and transfer initialisations for each seed, and plots validation AUC against the training step
 with a band over seeds, plus the steps each needs to reach the threshold. By default on the
 ResNet50-layout model of the preset (``--models`` to choose others).
 """
@@ -35,5 +35,5 @@ def report(plan_doc: dict, runs_dir: Path, out_dir: Path) -> Path:
     label = (lambda role: role["init"]) if len(ms) == 1 else (lambda role: f"{role['model']} {role['init']}")
     order = [i if len(ms) == 1 else f"{m} {i}" for m in ms for i in INITS]
     return speed_report(plan_doc, runs_dir, out_dir, label=label, order=order, title=TITLE,
-                        question=QUESTION, curve_title=f"{', '.join(ms)}: test AUC vs step (Fig. 6)",
+                        question=QUESTION, curve_title=f"{', '.join(ms)}: validation AUC vs step (Fig. 6)",
                         steps_title="Steps to the AUC threshold per initialisation")

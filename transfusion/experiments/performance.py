@@ -1,6 +1,6 @@
 """Performance (paper Tables 1-3): does ImageNet-style transfer beat random initialisation?
 
-Trains every model x {random, transfer} x seed and reports the test AUC mean and std per cell; with
+Trains every model x {random, transfer} x seed and reports the validation AUC mean and std per cell; with
 ``--small-data N`` the training set is cut to N images (Table 3, N = 5000 in the paper).
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ def report(plan_doc: dict, runs_dir: Path, out_dir: Path) -> Path:
     reference = None
     if cfg["dataset"] == "retina":
         reference = {m: {i: paper[(m, i)] / 100 for i in INITS if (m, i) in paper} for m in cfg["models"]}
-    figures.grouped_bars(groups, out_dir / "auc.png", ylabel=f"test {headline_key(cfg['dataset'])}",
+    figures.grouped_bars(groups, out_dir / "auc.png", ylabel=f"validation {headline_key(cfg['dataset'])}",
                          title=f"{cfg['dataset']} AUC, mean ± std over seeds"
                                + (f" (train limit {small})" if small else ""),
                          reference=reference, reference_label="paper (real retina)")
@@ -72,6 +72,6 @@ def report(plan_doc: dict, runs_dir: Path, out_dir: Path) -> Path:
                          tables.markdown_table(["pathology", "paper"], ch)))
     return document.write_report(
         out_dir, title=TITLE, question=QUESTION, setup=setup_text(plan_doc, rs), sections=sections,
-        figures=[("Test AUC per model and initialisation (bars: mean over seeds, whiskers: std)",
+        figures=[("Validation AUC per model and initialisation (bars: mean over seeds, whiskers: std)",
                   "auc.png")], warnings=standard_warnings(plan_doc, rs))
 

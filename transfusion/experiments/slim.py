@@ -38,5 +38,5 @@ ORDER = ["slim (pretrained to block2)", "transfer", "random"]
 
 def report(plan_doc: dict, runs_dir: Path, out_dir: Path) -> Path:
     return speed_report(plan_doc, runs_dir, out_dir, label=label, order=ORDER, title=TITLE,
-                        question=QUESTION, curve_title="Slim vs transfer vs random: test AUC vs step",
+                        question=QUESTION, curve_title="Slim vs transfer vs random: validation AUC vs step",
                         steps_title="Steps to the AUC threshold: slim, transfer, random")

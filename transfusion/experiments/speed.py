@@ -43,7 +43,7 @@ def speed_report(plan_doc: dict, runs_dir: Path, out_dir: Path, *, label: Callab
     settings = [s for s in order if any(r["setting"] == s for r in rs)]
     series = {s: [curve(rec, key) for rec, r in zip(recs, rs) if r["setting"] == s] for s in settings}
     figures.curves_with_bands(series, out_dir / curve_file, title=curve_title,
-                              ylabel=f"test {key}", threshold=cfg["threshold"])
+                              ylabel=f"validation {key}", threshold=cfg["threshold"])
     step_vals, body = [], []
     for s in settings:
         mine = [r for r in rs if r["setting"] == s]

@@ -46,5 +46,5 @@ ORDER = ["random"] + [f"upto {c}" for c in CUTS] + ["transfer (all)"]
 
 def report(plan_doc: dict, runs_dir: Path, out_dir: Path) -> Path:
     return speed_report(plan_doc, runs_dir, out_dir, label=label, order=ORDER, title=TITLE,
-                        question=QUESTION, curve_title="Test AUC vs step per transfusion cut",
+                        question=QUESTION, curve_title="Validation AUC vs step per transfusion cut",
                         steps_title="Steps to the AUC threshold per transfusion cut (Fig. 8)")

@@ -71,6 +71,12 @@ def grouped_bars(groups: dict[str, dict[str, tuple[float, float]]], path, *, tit
     ax.set_xticks(x, names, rotation=15)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
+    if ylim is None:  # zoom on the bars (AUCs near 1 differ in the second decimal)
+        lows = [m - (sd if _finite(sd) else 0) for g in groups.values() for m, sd in g.values() if _finite(m)]
+        if reference:
+            lows += [r for g in reference.values() for r in g.values() if _finite(r)]
+        if lows and min(lows) > 0.2:
+            ylim = (max(0.0, min(lows) - 0.1), None)
     if ylim:
         ax.set_ylim(*ylim)
     ax.legend(fontsize=8)
