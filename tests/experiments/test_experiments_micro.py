@@ -3,6 +3,7 @@ runs/ folder like `transfusion run all` does; checks the files each writes and t
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from transfusion.cli import app
@@ -10,6 +11,15 @@ from transfusion.experiments import common
 from transfusion.experiments.config import make_config
 from transfusion.experiments.engine import RunsInterrupted, rebuild_report, run_experiment
 from transfusion.report.tables import read_csv
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: on a shared small CPU, OpenMP's spinning threads slow these 10x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 
 RUN_COLUMNS = {"experiment", "run_id", "model", "init", "seed", "dataset", "data", "label_policy",
                "image_size", "steps", "batch_size", "optimizer", "lr", "preset", "pretrained_source",
