@@ -32,7 +32,7 @@ def rows(plan_doc: dict, runs_dir: Path) -> list[dict]:
         row = base_row(rec, cfg, plan_doc["pretrained"])
         row["metric"] = key
         row["auc"] = final_metric(rec, key)
-        for k in sorted((rec.final or {}).keys()):
+        for k in sorted(((rec.final or {}).get("metrics") or {}).keys()):
             if k.startswith(("auc", "kappa")) and k != key:
                 row[k] = final_metric(rec, k)
         out.append(row)
@@ -67,9 +67,17 @@ def report(plan_doc: dict, runs_dir: Path, out_dir: Path) -> Path:
     sections = [("Results" + (f" on {small} training images (Table 3)" if small else " (Tables 1, 2)"),
                  tables.markdown_table(head, body))]
     if cfg["dataset"] == "chexpert":
-        ch = [[lab, f"{r} / {t}"] for lab, (r, t) in tables.PAPER_CHEXPERT_RESNET50.items()]
-        sections.append(("Paper, CheXpert ResNet50 AUC % (random / transfer)",
-                         tables.markdown_table(["pathology", "paper"], ch)))
+        head = ["pathology"] + [f"{m} {i}" for m in cfg["models"] for i in INITS] + ["paper ResNet50 % (random / transfer)"]
+        body = []
+        for lab, (r, t) in tables.PAPER_CHEXPERT_RESNET50.items():
+            col = "auc_" + lab.lower().replace(" ", "_")
+            cells = []
+            for m in cfg["models"]:
+                for i in INITS:
+                    mean, sd, n = tables.mean_std([x.get(col) for x in rs if x["model"] == m and x["init"] == i])
+                    cells.append(tables.fmt_mean_std(mean, sd, n))
+            body.append([lab] + cells + [f"{r} / {t}"])
+        sections.append(("Per pathology (CheXpert, Table 2)", tables.markdown_table(head, body)))
     return document.write_report(
         out_dir, title=TITLE, question=QUESTION, setup=setup_text(plan_doc, rs), sections=sections,
         figures=[("Validation AUC per model and initialisation (bars: mean over seeds, whiskers: std)",
