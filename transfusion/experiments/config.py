@@ -73,9 +73,12 @@ PRESETS: dict[str, Preset] = {
                         "reachable at this scale)"),
         threads=1,
         # slim needs full-size ResNet50 (its pretrained weights) and resnet50_slim: no narrow
-        # variant exists, so the demo gives it one seed, fewer steps and a shorter pretraining
+        # variant exists, so the demo gives it one seed, fewer steps and a shorter pretraining.
+        # weight-transfusion (5 cuts) and gabor run one seed to keep `run all` near 15 minutes;
+        # performance, representations and mean-var keep two (error bars, bands).
         per_experiment={"slim": {"seeds": (0,), "steps": {"retina": 100, "chexpert": 100},
-                                 "pretrain_steps": 100}}),
+                                 "pretrain_steps": 100},
+                        "weight-transfusion": {"seeds": (0,)}, "gabor": {"seeds": (0,)}}),
     "paper": Preset(
         name="paper", models=PAPER_MODELS, resnet="resnet50", slim="resnet50_slim", seeds=(0, 1, 2),
         steps={"retina": 150_000, "chexpert": 100_000}, image_size={"retina": 587, "chexpert": 224},
