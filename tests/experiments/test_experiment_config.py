@@ -24,6 +24,9 @@ def test_presets_and_overrides(tmp_path):
     slim = make_config("slim", preset="demo", out=str(tmp_path), runs=str(tmp_path))
     assert slim.steps == 100 and slim.seeds == (0,)  # the demo's per-experiment change
     assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.out_dir.name == "performance"
+    assert make_config("performance", small_data=5000, out=str(tmp_path)).out_dir.name == "performance-small5000"
+    assert make_config("weight-transfusion", upto="conv1", out=str(tmp_path)).out_dir.name == "weight-transfusion-upto-conv1"
 
 
 def test_bad_settings_say_what_to_do(tmp_path):

@@ -144,7 +144,14 @@ class ExperimentConfig:
 
     @property
     def out_dir(self) -> Path:
-        return Path(self.out) / self.experiment
+        """results/<experiment>/; a small-data or single-cut run gets its own folder
+        (performance-small5000/, weight-transfusion-upto-conv1/) so it never overwrites the full one."""
+        name = self.experiment
+        if self.small_data:
+            name += f"-small{self.small_data}"
+        if self.upto:
+            name += f"-upto-{self.upto}"
+        return Path(self.out) / name
 
     @property
     def runs_dir(self) -> Path:
