@@ -4,30 +4,14 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from transfusion.errors import ConfigError
 from transfusion.initializers import INIT_METHODS, gabor_bank, initialize
 from transfusion.models import build_model
 
 
-def fake_pretrained(name, num_classes=1000, seed=123):
-    """A model whose tensors look trained: non-zero per-tensor means, BN away from identity."""
-    torch.manual_seed(seed)
-    model = build_model(name, num_classes)
-    with torch.no_grad():
-        for k, v in model.state_dict().items():
-            if v.is_floating_point():
-                v.mul_(1.7).add_(0.05 * torch.randn(()))
-                if k.endswith(("running_var", "bn.weight")) or ".bn" in k and k.endswith("weight"):
-                    v.abs_().add_(0.1)
-            elif k.endswith("num_batches_tracked"):
-                v.fill_(1000)
-    return model
-
-
 @pytest.fixture(scope="module")
-def narrow_file(tmp_path_factory):
+def narrow_file(tmp_path_factory, fake_pretrained):
     model = fake_pretrained("resnet50_narrow")
     path = tmp_path_factory.mktemp("ckpt") / "resnet50_narrow_imagenet.pth"
     torch.save(model.state_dict(), path)  # torchvision layout: a plain state_dict
@@ -108,7 +92,7 @@ def test_transfuse_needs_a_stage_name(narrow_file):
                    checkpoint=path, upto="layer2")
 
 
-def test_transfuse_cbr_by_stage_name(tmp_path):
+def test_transfuse_cbr_by_stage_name(tmp_path, fake_pretrained):
     src = fake_pretrained("cbr_tiny", 10)
     path = tmp_path / "cbr_tiny.pth"
     torch.save(src.state_dict(), path)
@@ -149,10 +133,8 @@ def test_mean_var(narrow_file):
     assert n_checked == 53  # every conv of ResNet50's layout
 
 
-def test_slim_takes_resnet50_up_to_block2(tmp_path):
-    src = fake_pretrained("resnet50").state_dict()
-    path = tmp_path / "resnet50-imagenet.pth"
-    torch.save(src, path)
+def test_slim_takes_resnet50_up_to_block2(resnet50_file):
+    path, src = resnet50_file
     model = build_model("resnet50_slim", 5)
     s = initialize(model, "slim", model_name="resnet50_slim", checkpoint=path)
     got = sd(model)
