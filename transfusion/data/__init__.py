@@ -9,9 +9,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from transfusion.data.base import ImageDataset
-from transfusion.data.tasks import CHEXPERT, CHEXPERT_COMPETITION, REFERABLE_GRADE, RETINA, TASKS, Task
+from typing import TYPE_CHECKING
+
+from transfusion.data.tasks import CHEXPERT, CHEXPERT_COMPETITION, REFERABLE_GRADE, RETINA, TASKS, Task, referable
 from transfusion.errors import ConfigError
+
+if TYPE_CHECKING:  # torch and numpy load on first use, keeping `transfusion --help` fast
+    from transfusion.data.base import ImageDataset
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +29,7 @@ def load_dataset(name: str, root: str | Path, split: str, *, image_size: int, au
                  seed: int = 0, label_policy: str | dict = "ignore", in_channels: int = 3,
                  frontal_only: bool = True, split_file: str | None = None,
                  cache_dir: str | None = None, skip_missing: bool = False,
-                 limit: int | None = None) -> ImageDataset:
+                 limit: int | None = None) -> "ImageDataset":
     """Open one split of a dataset in its published on-disk format.
 
     name: eyepacs | aptos | medmnist | chexpert | imagefolder. root: the dataset folder
@@ -39,6 +43,7 @@ def load_dataset(name: str, root: str | Path, split: str, *, image_size: int, au
     """
     from transfusion.data import splits as S
     from transfusion.data import transforms as T
+    from transfusion.data.base import ImageDataset
 
     S.check_split(split)
     key = name.lower().replace("-", "").replace("_", "")
@@ -76,5 +81,13 @@ def load_dataset(name: str, root: str | Path, split: str, *, image_size: int, au
     raise ConfigError(f"unknown dataset {name!r}: use one of {', '.join(DATASET_NAMES)}")
 
 
+def __getattr__(name: str):
+    if name == "ImageDataset":
+        from transfusion.data.base import ImageDataset
+
+        return ImageDataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = ["CHEXPERT", "CHEXPERT_COMPETITION", "DATASET_FOR_TASK", "DATASET_NAMES", "ImageDataset",
-           "REFERABLE_GRADE", "RETINA", "TASKS", "Task", "load_dataset"]
+           "REFERABLE_GRADE", "RETINA", "TASKS", "Task", "load_dataset", "referable"]

@@ -73,6 +73,9 @@ def describe(
                               frontal_only=not all_views, split_file=str(split_file) if split_file else None,
                               skip_missing=skip_missing)
         except TransfusionError as e:
+            if split == "all" and "split is empty" in str(e):
+                out.append({"dataset": name, "split": s, "n": 0, "empty": True})
+                continue
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(code=1)
         out.append(ds.describe())
@@ -80,6 +83,9 @@ def describe(
         typer.echo(json.dumps(out, indent=2))
         return
     for d in out:
+        if d.get("empty"):
+            typer.echo(f"{d['dataset']} {d['split']}: empty")
+            continue
         typer.echo(f"{d['dataset']} {d['split']}: {d['n']} images, {d['n_patients']} patients"
                    + (f", label policy {d['label_policy']}" if d.get("label_policy") else "")
                    + f"  [{d.get('split_source', '')}]")

@@ -57,3 +57,33 @@ def parse_int_label(value: str, allowed: range, path, lineno: int, column: str) 
         raise DataError(f"{path}, line {lineno}: {column} must be an integer in "
                         f"{allowed.start}..{allowed.stop - 1}, got {value!r}")
     return int(v)
+
+
+def read_table(path: str | Path, required: Sequence[str], what: str) -> tuple[list[str], list[list[str]], list[int]]:
+    """The whole file at once (fast for large label files): header, rows, line number per row."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what}: label file {path} does not exist. Point the root at the folder "
+                        f"that holds it (expected columns: {', '.join(required)})")
+    with open_text(path) as f:
+        text = f.read()
+    rows = list(csv.reader(text.splitlines()))
+    if not rows:
+        raise DataError(f"{path}: the file is empty; expected a header with {', '.join(required)}")
+    header = [h.strip() for h in rows[0]]
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise DataError(f"{path}, line 1: missing column(s) {', '.join(missing)} (header is "
+                        f"{','.join(header)}); {what} needs {', '.join(required)}")
+    body = rows[1:]
+    lines = list(range(2, len(body) + 2))
+    if not all(body):  # drop blank lines, keep the numbering of the others
+        keep = [i for i, r in enumerate(body) if r and any(x.strip() for x in r)]
+        body, lines = [body[i] for i in keep], [lines[i] for i in keep]
+    n = len(header)
+    short = [i for i, r in enumerate(body) if len(r) < n] if min(map(len, body), default=n) < n else []
+    if short:
+        i = short[0]
+        raise DataError(f"{path}, line {lines[i]}: {len(body[i])} fields, the header has {n}; "
+                        "fix or remove the line")
+    return header, body, lines

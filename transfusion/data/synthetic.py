@@ -272,7 +272,7 @@ def draw_chest(size: int, truth: dict[str, bool], frontal: bool, rng: np.random.
         d = np.sqrt(((u - cx) / rx) ** 2 + ((v - cy) / ry) ** 2)
         return np.clip((1.0 - d) / soft, 0.0, 1.0)
     img = 0.06 + 0.42 * ell(0, 0.1, 0.95, 1.25, 0.15)
-    sev = {k: rng.uniform(0.55, 1.0) for k in truth}
+    sev = {k: rng.uniform(0.25, 1.0) for k in truth}  # faint findings overlap with normals
     if not frontal:  # lateral: one big lung field, spine behind, heart in front
         lung = ell(0.0, -0.05, 0.62, 0.72, 0.1)
         img = img - 0.26 * lung
@@ -292,34 +292,45 @@ def draw_chest(size: int, truth: dict[str, bool], frontal: bool, rng: np.random.
         # mediastinum and spine
         img += 0.22 * np.clip((0.14 - np.abs(u)) / 0.04, 0, 1) * (v < 0.5)
         # heart: wider when Cardiomegaly
-        hw = rng.uniform(0.26, 0.32) + (rng.uniform(0.10, 0.18) * sev["Cardiomegaly"] if truth["Cardiomegaly"] else 0)
+        hw = rng.uniform(0.25, 0.33) + (rng.uniform(0.06, 0.14) * sev["Cardiomegaly"] if truth["Cardiomegaly"] else 0)
         img += 0.30 * ell(0.08, 0.33, hw, 0.27, 0.15)
-        if truth["Pleural Effusion"]:  # costophrenic meniscus: fluid line rising laterally
+        # costophrenic meniscus: fluid line rising laterally; a faint blunted angle in some normals
+        eff = truth["Pleural Effusion"]
+        if eff or rng.random() < 0.15:
             for k, cx in ((0, -lx), (1, rx_)):
-                if k == 0 or rng.random() < 0.6:
+                if k == int(rng.random() < 0.5) or rng.random() < 0.5:
                     lateral = np.clip((u - cx) * np.sign(cx) / 0.32, -1, 1)  # +1 at the outer edge
-                    level = 0.57 - rng.uniform(0.2, 0.4) * sev["Pleural Effusion"] - 0.15 * (lateral + 1) ** 2
+                    depth = rng.uniform(0.12, 0.35) * sev["Pleural Effusion"] if eff else rng.uniform(0.0, 0.08)
+                    level = 0.57 - depth - 0.15 * (lateral + 1) ** 2
                     fluid = np.clip((v - level) / 0.05, 0, 1) * lungs[k]
-                    img += 0.26 * fluid
+                    img += (0.08 if eff else 0.05) * fluid
         if truth["Edema"]:  # bilateral perihilar haze with interstitial texture
             hil = np.exp(-((np.abs(u) - 0.3) ** 2 + (v - 0.0) ** 2) / 0.18)
             tex = gaussian_filter(rng.standard_normal((h, w)).astype(np.float32), max(0.6, w / 90.0))
             tex /= tex.std() + 1e-6
-            img += lungmask * hil * sev["Edema"] * (0.17 + 0.04 * tex)
+            img += lungmask * hil * sev["Edema"] * (0.06 + 0.03 * tex)
         if truth["Consolidation"]:  # dense lobar blob in one lung
             cx = (-lx if rng.random() < 0.5 else rx_) + rng.uniform(-0.12, 0.12)
             cy = rng.uniform(-0.35, 0.35)
             blob = ell(cx, cy, rng.uniform(0.14, 0.2), rng.uniform(0.16, 0.25), 0.4)
-            img += 0.3 * sev["Consolidation"] * blob * lungmask
+            img += 0.2 * sev["Consolidation"] * blob * lungmask
         if truth["Atelectasis"]:  # plate-like linear band in a lower zone
             cx = (-lx if rng.random() < 0.5 else rx_)
             cy, ang = rng.uniform(0.1, 0.4), rng.uniform(-0.35, 0.35)
             along = (u - cx) * np.cos(ang) + (v - cy) * np.sin(ang)
             across = -(u - cx) * np.sin(ang) + (v - cy) * np.cos(ang)
             band = np.clip((0.035 - np.abs(across)) / 0.02, 0, 1) * np.clip((0.24 - np.abs(along)) / 0.05, 0, 1)
-            img += 0.3 * sev["Atelectasis"] * band
+            img += 0.22 * sev["Atelectasis"] * band
+        # look-alikes in any image: a faint blob (vessel end-on, nipple shadow) and a faint line (scapula edge)
+        if rng.random() < 0.3:
+            img += 0.1 * ell(rng.choice([-lx, rx_]) + rng.uniform(-0.15, 0.15), rng.uniform(-0.4, 0.4),
+                             rng.uniform(0.06, 0.14), rng.uniform(0.06, 0.14), 0.5) * lungmask
+        if rng.random() < 0.3:
+            cx, cy, ang = rng.choice([-lx, rx_]), rng.uniform(-0.3, 0.4), rng.uniform(-0.6, 0.6)
+            across = -(u - cx) * np.sin(ang) + (v - cy) * np.cos(ang)
+            img += 0.07 * np.clip((0.03 - np.abs(across)) / 0.02, 0, 1) * lungmask
     img = img * rng.uniform(0.85, 1.15) + rng.uniform(-0.05, 0.05)
-    img += rng.normal(0, 0.02, img.shape).astype(np.float32)
+    img += rng.normal(0, 0.03, img.shape).astype(np.float32)
     return _to_uint8(img)
 
 

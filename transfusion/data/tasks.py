@@ -21,8 +21,14 @@ class Task:
     kind: str  # "grade" | "multilabel"
     num_outputs: int
     label_names: tuple[str, ...]
+    image_size: int = 224  # the paper's input size for this task (any size works for small runs)
 
 
-RETINA = Task("retina", "grade", 5, RETINA_GRADES)
-CHEXPERT = Task("chexpert", "multilabel", 5, CHEXPERT_COMPETITION)
+RETINA = Task("retina", "grade", 5, RETINA_GRADES, image_size=587)
+CHEXPERT = Task("chexpert", "multilabel", 5, CHEXPERT_COMPETITION, image_size=224)
 TASKS = {"retina": RETINA, "chexpert": CHEXPERT}
+
+
+def referable(grades):
+    """Referable diabetic retinopathy (grade >= 2) for a grade or an array/tensor of grades."""
+    return grades >= REFERABLE_GRADE
