@@ -23,6 +23,7 @@ def comps():
                       load_dataset=train_fakes.load_dataset)
 
 
+@pytest.mark.slow
 def test_pretrain_then_transfer_with_real_models(tmp_path):
     torch.set_num_threads(2)
     common = dict(model="cbr_tiny", data_root="fake", steps=2, image_size=32, batch_size=8,

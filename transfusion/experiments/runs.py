@@ -131,11 +131,12 @@ def _slug(s: str) -> str:
 
 
 def run_id(spec: RunSpec) -> str:
-    """``<model>-<init>[_<upto>]-s<seed>-<hash>``: readable prefix + 10 hex digits of the sha256 of
-    the spec's canonical JSON."""
+    """``[pretrain_]<model>-<init>[_<upto>]-s<seed>-<hash>``: readable prefix + 10 hex digits of
+    the sha256 of the spec's canonical JSON (``pretrain_`` for the natural-image task)."""
     h = hashlib.sha256(spec.to_json().encode()).hexdigest()[:10]
     init = _slug(spec.init) + (f"_{_slug(spec.upto)}" if spec.upto else "")
-    return f"{_slug(spec.model)}-{init}-s{spec.seed}-{h}"
+    model = ("pretrain_" if spec.task == "natural" else "") + _slug(spec.model)
+    return f"{model}-{init}-s{spec.seed}-{h}"
 
 
 def is_finished(spec: RunSpec, runs_dir: str | os.PathLike) -> bool:

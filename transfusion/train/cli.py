@@ -37,6 +37,12 @@ def parse_sets(items: list[str] | None) -> dict:
 
 
 def _finish(result: dict, run_dir: Path) -> None:
+    import os
+
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        if result.get("status") == "interrupted":
+            raise typer.Exit(code={"SIGINT": 130, "SIGTERM": 143}.get(result.get("stopped_by"), 0))
+        return
     if result.get("status") == "interrupted":
         typer.echo(result["message"], err=True)
         code = {"SIGINT": 130, "SIGTERM": 143}.get(result.get("stopped_by"), 0)

@@ -5,9 +5,10 @@
 ``metrics.jsonl`` + ``metrics.csv``, checkpoints every ``checkpoint_every`` steps and on
 SIGINT/SIGTERM, and writes ``final.json`` at the end. A finished run is skipped; an interrupted one
 resumes from ``checkpoints/last.pt`` and ends with the same metrics as an uninterrupted run
-(same seed, CPU, ``num_workers=0``: the data order is a function of (seed, step) and every RNG
-state is restored; with worker processes the order is still exact but augmentation randomness
-is drawn in the workers and is not).
+(same seed, CPU, deterministic kernels): the data order is a function of (seed, step), each
+training item's augmentation is drawn from a seed given by its position in the data stream
+(:class:`SeededItems`, so data-loading workers and DDP processes do not change it), and the
+model, optimizer, scheduler and RNG states are restored.
 
 Run folder ``runs/<run_id>/``: config.json (spec, resolved recipe, schedule in steps, task, data
 description, environment), init_summary.json, metrics.jsonl, metrics.csv,
@@ -27,6 +28,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -153,9 +155,13 @@ class StepBatchSampler(Sampler):
             out.append(int(self._perm_of(p // self.n)[p % self.n]))
         return out
 
-    def batch(self, step: int) -> list[int]:
+    def batch(self, step: int) -> list[tuple[int, int]]:
+        """This rank's ``(index, item_seed)`` pairs of step ``step``; the seed is a function of the
+        run seed and the item's position in the global stream (see :class:`SeededItems`)."""
         b = self.B // self.world
-        return self.global_batch(step)[self.rank * b:(self.rank + 1) * b]
+        lo = self.rank * b
+        idx = self.global_batch(step)[lo:lo + b]
+        return [(i, (self.seed << 40) + step * self.B + lo + j) for j, i in enumerate(idx)]
 
     def __iter__(self):
         for s in range(self.start, self.total):
@@ -163,6 +169,25 @@ class StepBatchSampler(Sampler):
 
     def __len__(self) -> int:
         return max(0, self.total - self.start)
+
+
+class SeededItems(torch.utils.data.Dataset):
+    """Training items keyed ``(index, item_seed)``: each item (its augmentation) is drawn with
+    torch's RNG seeded by ``item_seed`` (and the caller's RNG left as it was). Augmentation is
+    then a function of (run seed, position in the data stream) only: the same in worker processes,
+    after a resume and in every DDP process layout."""
+
+    def __init__(self, ds) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, key):
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.ds[index]
 
 
 # --------------------------------------------------------------------------------- metrics log
@@ -263,13 +288,26 @@ def evaluate(model, loader, task: TaskInfo, recipe: Recipe, ctx: D.DistContext) 
         tg.append(y.cpu())
         mk.append(m.float().cpu())
     model.train(was)
-    empty = (torch.zeros(0, task.num_outputs), torch.zeros(0), torch.zeros(0))
+    lab = (0, task.num_outputs) if task.kind == "multilabel" else (0,)  # an empty shard (n < world)
+    empty = (torch.zeros(0, task.num_outputs), torch.zeros(lab, dtype=torch.long
+                                                        if task.kind != "multilabel" else torch.float),
+             torch.zeros(lab))
     parts = [torch.cat(p) if p else e for p, e in zip((lg, tg, mk), empty)]
     logits, targets, masks = D.gather_cat(ctx, parts)
     s, n = loss_fn(task.kind, logits, targets, masks, reduction="sum")
     out = {"eval_loss": float(s / n)}
-    out.update(compute_metrics(task, logits, targets, masks))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", M.MetricWarning)
+        out.update(compute_metrics(task, logits, targets, masks))
+    for w in caught:  # e.g. a single-class evaluation set: NaN, logged once per process
+        msg = str(w.message)
+        if ctx.is_main and msg not in _WARNED:
+            _WARNED.add(msg)
+            log.warning("%s", msg)
     return out
+
+
+_WARNED: set[str] = set()
 
 
 def _load_data(spec, recipe: Recipe, comps: Components):
@@ -351,8 +389,6 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
     model.to(ctx.device)
     if recipe.channels_last:
         model.to(memory_format=torch.channels_last)
-    if ctx.distributed and ctx.rank > 0:
-        seed_everything(spec.seed + 7919 * ctx.rank)  # own augmentation stream per process
 
     config = {
         "run_id": spec.run_id, "spec": spec.to_dict(), "recipe": recipe.to_dict(),
@@ -425,7 +461,7 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
     sampler = StepBatchSampler(len(train_ds), recipe.batch_size, spec.seed, start, total,
                                ctx.rank, ctx.world_size)
     pin = ctx.device.type == "cuda"
-    train_loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=num_workers,
+    train_loader = DataLoader(SeededItems(train_ds), batch_sampler=sampler, num_workers=num_workers,
                               pin_memory=pin, generator=torch.Generator().manual_seed(spec.seed))
     shard = D.shard_range(len(eval_ds), ctx.rank, ctx.world_size)
     eval_loader = DataLoader(Subset(eval_ds, list(shard)), batch_size=recipe.eval_batch_size,

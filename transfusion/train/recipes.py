@@ -16,6 +16,9 @@ Choices where the paper is silent (recorded in every run's config.json under ``r
   not stated). Augmentation on (the data stream's CheXpert augmentation). The lr follows the
   linear-scaling rule when the batch is overridden (``lr_per_256``); an explicit ``lr`` override
   fixes it instead.
+- splits (not stated in the paper): the data stream's patient-level hashed splits, seeded by the
+  run spec's ``data_seed`` (0), identical for every training seed; config.json records each
+  split's description (size, class counts, label policy).
 - pretrain (natural-image source, our choice): the standard ImageNet ResNet recipe scaled down:
   SGD momentum 0.9, weight decay 1e-4, batch 64, lr 0.1 * batch/256, warm-up over 1 epoch, /10 at
   epochs 30, 60, 80, 224 px, augmentation on. Runs are usually given far fewer steps (``steps``).

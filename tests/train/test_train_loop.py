@@ -11,7 +11,7 @@ import train_fakes  # noqa: E402
 from transfusion.errors import ConfigError  # noqa: E402
 from transfusion.experiments.runs import LocalExecutor, RunSpec  # noqa: E402
 from transfusion.train import run_training  # noqa: E402
-from transfusion.train.loop import StepBatchSampler  # noqa: E402
+from transfusion.train.loop import SeededItems, StepBatchSampler  # noqa: E402
 
 OVR = {"eval_every": 4, "log_every": 2, "checkpoint_every": 5, "eval_batch_size": 16,
        "augment": True}
@@ -92,13 +92,34 @@ def test_sampler_is_a_function_of_seed_and_step():
     a = StepBatchSampler(10, 4, seed=1, start_step=0, total_steps=6)
     b = StepBatchSampler(10, 4, seed=1, start_step=3, total_steps=6)
     assert list(a)[3:] == list(b)
-    flat = [i for batch in list(a)[:5] for i in batch]  # 20 items = 2 epochs
+    flat = [i for batch in list(a)[:5] for i, _ in batch]  # 20 items = 2 epochs
     assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:]) == list(range(10))
+    seeds = [s for batch in a for _, s in batch]
+    assert len(set(seeds)) == len(seeds)  # every position of the stream has its own seed
     r0 = StepBatchSampler(10, 4, 1, 0, 6, rank=0, world=2)
     r1 = StepBatchSampler(10, 4, 1, 0, 6, rank=1, world=2)
-    assert [x + y for x, y in zip(r0, r1)] == list(a)
+    assert [x + y for x, y in zip(r0, r1)] == list(a)  # same items, same seeds, split over ranks
     with pytest.raises(ConfigError, match="divisible"):
         StepBatchSampler(10, 5, 1, 0, 6, rank=0, world=2)
+
+
+def test_augmentation_is_keyed_by_stream_position_not_by_global_rng():
+    ds = SeededItems(train_fakes.load_dataset("eyepacs", "x", "train", image_size=4, augment=True))
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    xs = [ds[(i, 1000 + i)][0] for i in range(16)]
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's RNG is untouched
+    torch.manual_seed(123)
+    assert all(torch.equal(ds[(i, 1000 + i)][0], x) for i, x in enumerate(xs))
+    flipped = sum(not torch.equal(x, ds.ds.images[i]) for i, x in enumerate(xs))
+    assert 0 < flipped < 16
+
+
+def test_resume_with_worker_processes(tmp_path):
+    s = spec(steps=6, overrides={**OVR, "eval_every": 3})
+    full = run(s, tmp_path / "a")
+    run(s, tmp_path / "b", num_workers=1, max_steps_this_session=4)
+    assert run(s, tmp_path / "b", num_workers=1)["metrics"] == full["metrics"]
 
 
 def test_run_id_is_stable_and_readable():
@@ -169,3 +190,23 @@ def test_bf16_autocast_and_channels_last_switches_run(tmp_path):
     assert out["status"] == "finished"
     cfg = json.loads((tmp_path / s.run_id / "config.json").read_text())
     assert cfg["recipe"]["amp"] == "bf16" and cfg["recipe"]["channels_last"] is True
+
+
+def test_submitit_executor_says_how_to_install(monkeypatch, tmp_path):
+    import builtins
+
+    from transfusion.experiments.runs import SubmititExecutor, make_executor
+
+    real_import = builtins.__import__
+
+    def no_submitit(name, *a, **kw):
+        if name == "submitit":
+            raise ImportError("No module named 'submitit'")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_submitit)
+    with pytest.raises(ConfigError, match="pip install submitit"):
+        SubmititExecutor(folder=tmp_path).run([spec()])
+    with pytest.raises(ConfigError, match="unknown executor"):
+        make_executor("slurm")
+    assert isinstance(make_executor("local", runs_dir=tmp_path), LocalExecutor)

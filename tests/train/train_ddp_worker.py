@@ -1,4 +1,4 @@
-"""Run by test_ddp.py as one of 2 processes with torchrun's environment (RANK, WORLD_SIZE,
+"""Run by test_train_ddp.py as one of 2 processes with torchrun's environment (RANK, WORLD_SIZE,
 MASTER_ADDR, MASTER_PORT): a tiny run stopped after k steps, then resumed, with the fake components.
 The process group is made here so both sessions share it (run_training then leaves it alone)."""
 import json
