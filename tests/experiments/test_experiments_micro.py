@@ -141,3 +141,10 @@ def test_interrupted_experiment_resumes_without_redoing_finished_runs(space, mon
     assert (runs_dir / done[0] / "final.json").stat().st_mtime_ns == stamp  # not redone
     assert all((runs_dir / r["run_id"] / "final.json").is_file() for r in plan["runs"])
     assert len(read_csv(out / "results.csv")) == 4
+
+
+def test_pretraining_seed_differs_from_experiment_seeds(space):
+    from transfusion.experiments.engine import PRETRAIN_SEED, pretrain_spec
+
+    cfg = make_config("performance", preset="micro", **space)
+    assert pretrain_spec(cfg, "cbr_tiny").seed == PRETRAIN_SEED not in range(100)

@@ -97,10 +97,17 @@ def execute(cfg: ExperimentConfig, specs: list) -> None:
 
 
 # ------------------------------------------------------------------------ pretrained weights
+#: Seed of the on-the-fly pretraining runs. It must differ from every experiment seed: with the
+#: same seed the pretraining run starts from exactly the random-init run's weights, so a short
+#: pretraining leaves 'transfer' close to 'random seed 0' and inflates CCA(random, transfer).
+PRETRAIN_SEED = 10_000
+
+
 def pretrain_spec(cfg: ExperimentConfig, model: str):
     return training_spec(model=model, task="natural", data=natural_source(cfg), init="random",
-                         seed=0, steps=cfg.pretrain_steps, eval_every=cfg.pretrain_steps,
-                         image_size=cfg.image_size, batch_size=cfg.batch_size)
+                         seed=PRETRAIN_SEED, steps=cfg.pretrain_steps,
+                         eval_every=cfg.pretrain_steps, image_size=cfg.image_size,
+                         batch_size=cfg.batch_size)
 
 
 def resolve_pretrained(cfg: ExperimentConfig, models: list[str]) -> dict[str, dict]:
