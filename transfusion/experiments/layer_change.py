@@ -66,8 +66,10 @@ def rows(plan_doc: dict, runs_dir: Path) -> list[dict]:
             continue
         base = base_row(rec, cfg, plan_doc["pretrained"])
         for i, r in enumerate(json.loads(path.read_text())["rows"]):
+            n, a = r.get("n_datapoints"), r.get("neurons_a")
             out.append({**base, "layer": r["layer"], "layer_index": i, "svcca": r.get("svcca"),
-                        "cka": r.get("cka"), "n_images": r.get("n_images")})
+                        "cka": r.get("cka"), "n_images": r.get("n_images"), "n_datapoints": n,
+                        "neurons": a, "few_datapoints": (n < 10 * a) if n and a else None})
     return out
 
 

@@ -56,6 +56,12 @@ def analyse(cfg, planned, runs_dir: Path, ctx) -> None:
                                 "top_stages": top, "pool": cfg.pool, "rows": rows})
 
 
+def _few(r: dict) -> bool | None:
+    """True when the layer had fewer than 10 datapoints per neuron: (SV)CCA is then biased upward."""
+    n, a = r.get("n_datapoints"), max(r.get("neurons_a") or 0, r.get("neurons_b") or 0)
+    return None if not n or not a else n < 10 * a
+
+
 def _read(path: Path) -> dict:
     import json
 
@@ -79,6 +85,8 @@ def rows(plan_doc: dict, runs_dir: Path, out_dir: Path) -> list[dict]:
                         "run_a": doc["run_ids"][r["model_a"]], "run_b": doc["run_ids"][r["model_b"]],
                         "layer": r["layer"], "top_layer": r["layer"] in doc["top_stages"],
                         "svcca": r.get("svcca"), "cka": r.get("cka"), "n_images": r.get("n_images"),
+                        "n_datapoints": r.get("n_datapoints"), "neurons": r.get("neurons_a"),
+                        "few_datapoints": _few(r),
                         "pool": doc.get("pool"), "pretrained_source": plan_doc["pretrained"].get(m)})
     return out
 
@@ -112,6 +120,11 @@ def report(plan_doc: dict, runs_dir: Path, out_dir: Path) -> Path:
                + f"\nPaper note: {tables.PAPER_FIG2_NOTE}. Conv activations pooled to "
                  f"{cfg['pool']}x{cfg['pool']} positions per image; SVCCA keeps 99% of the variance. "
                  f"Per-layer values for every stage are in results.csv.\n")
+    few = sorted({f"{r['model']}/{r['layer']}" for r in rs if r.get("few_datapoints")})
+    if few:
+        section += (f"\n**Caution**: fewer than 10 datapoints per neuron at {', '.join(few)} (column "
+                    f"few_datapoints): (SV)CCA is biased upward there; feed more images "
+                    f"(more evaluation images or a larger image size) for a trustworthy value.\n")
     return document.write_report(
         out_dir, title=TITLE, question=QUESTION, setup=setup_text(plan_doc, base),
         sections=[("Results", section)],
