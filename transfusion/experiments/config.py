@@ -68,9 +68,11 @@ PRESETS: dict[str, Preset] = {
         image_size={"retina": 32, "chexpert": 32}, eval_every=25, batch_size=8, threshold=0.85,
         synthetic_images=800, synthetic_eval_images=200, pretrain_steps=200, pretrain_images=800,
         pretrain_classes=10, similarity_images=200, pool=4,
-        threshold_note=("demo preset: 0.85 AUC on the synthetic fundus set, a level the demo runs "
-                        "can reach within 200 steps (the paper's 0.91 on real retina is not "
-                        "reachable at this scale)"),
+        threshold_note=("demo preset: 0.85 AUC on the synthetic fundus set, which the CBR runs "
+                        "reach within 200 steps (the paper's 0.91 on real retina is not reachable at "
+                        "this scale). Measured: resnet50_narrow at 32-64 px stays at the class prior "
+                        "(AUC ~0.5) for 200-300 steps, so the ResNet-based speed experiments "
+                        "(weight-transfusion, slim, gabor, mean-var) show 'not reached' in the demo"),
         threads=1,
         # slim needs full-size ResNet50 (its pretrained weights) and resnet50_slim: no narrow
         # variant exists, so the demo gives it one seed, fewer steps and a shorter pretraining.

@@ -61,8 +61,14 @@ def speed_report(plan_doc: dict, runs_dir: Path, out_dir: Path, *, label: Callab
                  + f"\nPaper, for orientation: {tables.PAPER_SPEED_NOTE}; its threshold is "
                    f"{tables.PAPER_THRESHOLD} AUC on retina.\n")]
     sections += extra_sections or []
+    warnings = standard_warnings(plan_doc, rs)
+    if rs and not any(r["reached_threshold"] for r in rs):
+        best = max((r["best_auc"] for r in rs if r["best_auc"] is not None), default=None)
+        warnings.append(f"No run reached the threshold {cfg['threshold']:g} within {cfg['steps']} "
+                        f"steps (best AUC seen: {tables.fmt(best)}): the steps-to-threshold figure "
+                        f"has no bars to compare; train longer (--steps) or set --threshold.")
     return document.write_report(
         out_dir, title=title, question=question, setup=setup_text(plan_doc, rs), sections=sections,
         figures=[(curve_title + " (line: mean over seeds; band: min..max)", curve_file),
                  (steps_title, steps_file)],
-        warnings=standard_warnings(plan_doc, rs))
+        warnings=warnings)
