@@ -10,7 +10,7 @@ TORCH_LIBRARY(transfusion, m) {
   // The normalise + affine + ReLU pass of a conv-BN-ReLU block (BN folded into scale and shift).
   m.def("scale_shift_relu(Tensor x, Tensor scale, Tensor shift) -> Tensor");
 
-  // ---- cbr stream: training-mode BatchNorm + ReLU after a conv (transfusion/ops/cbr.py) ----
+  // Training-mode BatchNorm + ReLU after a conv (transfusion/ops/bn_relu_train.py, ops/cbr.py).
   // Batch statistics of x (N, C, *) per channel in one pass, then y = relu(BN(x)) in one pass.
   // Returns (y, mean, invstd, var) with var the biased batch variance; only y is differentiable.
   m.def("bn_relu_stats_forward(Tensor x, Tensor weight, Tensor bias, float eps) -> "
@@ -18,7 +18,11 @@ TORCH_LIBRARY(transfusion, m) {
   // Gradient of y = relu(BN(x)) wrt x, weight, bias, the ReLU mask taken from y (> 0).
   m.def("bn_relu_backward(Tensor grad_y, Tensor x, Tensor y, Tensor mean, Tensor invstd, "
         "Tensor weight) -> (Tensor, Tensor, Tensor)");
-  // ---- end cbr stream ----
+
+  // (gram, colsum) = sums over the rows of the shifted concatenation z = [x_1 .. x_k] - shift:
+  // gram = z^T z (float64; blocks i != j only when cross), colsum = sum of z (float64).
+  // The Gram pass of (SV)CCA / PWCCA / CKA; see csrc/include/transfusion/gram_pass.h.
+  m.def("gram_pass(Tensor[] xs, Tensor shift, int chunk_rows, bool cross) -> (Tensor, Tensor)");
 }
 
 namespace py = pybind11;

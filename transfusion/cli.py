@@ -123,6 +123,12 @@ from transfusion.data.cli import data_app  # noqa: E402
 app.add_typer(data_app, name="data")
 # --- end data stream ----------------------------------------------------------------------------
 
+# --- experiments stream: run <experiment>, run all, report, compare ---
+from transfusion.experiments.cli import register as _register_experiments  # noqa: E402
+
+_register_experiments(app, run_app)
+# --- end experiments stream ---
+
 
 def main() -> None:  # pragma: no cover - console entry point
     app()

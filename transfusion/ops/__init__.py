@@ -1,11 +1,19 @@
-"""Fast ops with float64 pure-torch references beside them (``transfusion.ops.reference``)."""
+"""Fast ops with float64 pure-torch references beside them (``transfusion.ops.reference`` and
+``transfusion.ops.reference_cca``).
+
+- (SV)CCA, PWCCA, linear CKA: ``svcca``, ``cca``, ``pwcca``, ``cka`` (in-memory, batched) and
+  ``CCAStatistics`` (streaming sufficient statistics over many layers); ``conv_to_datapoints``.
+- Conv-BN-ReLU: ``CBR2d`` (module), ``conv_bn_relu``, ``bn_relu_train``, ``fold_bn``,
+  ``scale_shift_relu``.
+"""
 from transfusion.ops.bn_relu import scale_shift_relu
-from transfusion.ops.cbr import CBR2d, conv_bn_relu
+from transfusion.ops.bn_relu_train import bn_relu_train
+from transfusion.ops.cbr import CBR2d, conv_bn_relu, fold_bn
+from transfusion.ops.cca_statistics import CCAStatistics
+from transfusion.ops.datapoints import conv_to_datapoints
+from transfusion.ops.similarity import SimilarityResult, cca, cka, pwcca, svcca
 
-__all__ = ["CBR2d", "conv_bn_relu", "scale_shift_relu"]
-# ---- cbr stream ----
-from transfusion.ops.bn_relu_train import bn_relu_train  # noqa: E402
-from transfusion.ops.cbr import fold_bn  # noqa: E402
-
-__all__ += ["bn_relu_train", "fold_bn"]
-# ---- end cbr stream ----
+__all__ = [
+    "CBR2d", "CCAStatistics", "SimilarityResult", "bn_relu_train", "cca", "cka", "conv_bn_relu",
+    "conv_to_datapoints", "fold_bn", "pwcca", "scale_shift_relu", "svcca",
+]

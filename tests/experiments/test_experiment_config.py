@@ -1,0 +1,49 @@
+import pytest
+
+from transfusion.errors import ConfigError
+from transfusion.experiments import EXPERIMENT_NAMES, experiment_module
+from transfusion.experiments.config import PRESETS, ExperimentConfig, make_config, parse_pretrained
+
+
+def test_all_seven_experiments_are_registered_with_help():
+    assert EXPERIMENT_NAMES == ("performance", "representations", "layer-change", "mean-var",
+                                "weight-transfusion", "slim", "gabor")
+    for name in EXPERIMENT_NAMES:
+        m = experiment_module(name)
+        assert m.QUESTION.endswith("?") and m.WRITES and callable(m.plan) and callable(m.report)
+
+
+def test_presets_and_overrides(tmp_path):
+    cfg = make_config("performance", preset="demo", out=str(tmp_path / "r"), runs=str(tmp_path / "runs"))
+    assert cfg.models == PRESETS["demo"].models and not cfg.models_given
+    assert cfg.image_size == 32 and cfg.steps == 200 and cfg.threshold == 0.85
+    cfg = make_config("performance", preset="demo", models=("CBR-Tiny",), seeds=(3,), steps=7,
+                      out=str(tmp_path), runs=str(tmp_path))
+    assert cfg.models == ("cbr_tiny",) and cfg.models_given and cfg.seeds == (3,)
+    assert cfg.steps == 7 and cfg.eval_every == 7 and cfg.threads == 1
+    slim = make_config("slim", preset="demo", out=str(tmp_path), runs=str(tmp_path))
+    assert slim.steps == 100 and slim.seeds == (0,)  # the demo's per-experiment change
+    assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.out_dir.name == "performance"
+    assert make_config("performance", small_data=5000, out=str(tmp_path)).out_dir.name == "performance-small5000"
+    assert make_config("weight-transfusion", upto="conv1", out=str(tmp_path)).out_dir.name == "weight-transfusion-upto-conv1"
+
+
+def test_bad_settings_say_what_to_do(tmp_path):
+    with pytest.raises(ConfigError, match="--data-dir"):
+        make_config("performance", preset="paper")
+    with pytest.raises(ConfigError, match="choose one of"):
+        make_config("performance", preset="huge")
+    with pytest.raises(ConfigError, match="does not exist"):
+        make_config("performance", data_dir=str(tmp_path / "nope"))
+    with pytest.raises(ConfigError, match="--data-format"):
+        make_config("performance", data_dir=str(tmp_path), data_format="chexpert")
+    with pytest.raises(ConfigError, match="unknown model"):
+        make_config("performance", models=("resnet51",))
+    with pytest.raises(ConfigError, match="MODEL=PATH"):
+        parse_pretrained(["resnet50"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        parse_pretrained([f"resnet50={tmp_path / 'missing.pth'}"])
+    f = tmp_path / "w.pth"
+    f.write_bytes(b"x")
+    assert parse_pretrained([f"ResNet-50={f}"]) == {"resnet50": str(f)}

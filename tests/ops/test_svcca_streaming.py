@@ -1,0 +1,148 @@
+"""CCAStatistics: streaming == in-memory, merge / save / load / all_reduce, hooks, errors."""
+import os
+import tempfile
+
+import pytest
+import torch
+from torch import nn
+
+from transfusion.errors import InputError
+from transfusion.ops import CCAStatistics, cca, cka, pwcca, svcca
+from transfusion.ops import reference_cca as R
+
+
+def _layers(n=3000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, 6, generator=g)
+    a = z @ torch.randn(6, 20, generator=g) + 0.5 * torch.randn(n, 20, generator=g) + 4
+    b = torch.relu(z @ torch.randn(6, 12, generator=g) + torch.randn(n, 12, generator=g))
+    c = torch.randn(n, 9, generator=g) + a[:, :9]
+    return {"a": a, "b": b, "c": c}
+
+
+def _stream(layers, batch=700, **kw):
+    stats = CCAStatistics(groups=[list(layers)], **kw)
+    n = next(iter(layers.values())).shape[0]
+    for i in range(0, n, batch):
+        for name, act in layers.items():  # one layer at a time, as forward hooks do
+            stats.update(name, act[i:i + batch])
+    return stats
+
+
+OPS = {"svcca": svcca, "cca": cca, "pwcca": pwcca, "cka": cka}
+
+
+@pytest.mark.parametrize("precision,tol", [("float64", 1e-9), ("float32", 1e-6)])
+def test_streaming_equals_in_memory(precision, tol):
+    layers = _layers()
+    stats = _stream(layers, precision=precision)
+    for method, op in OPS.items():
+        for p, q in [("a", "b"), ("b", "c"), ("a", "c")]:
+            got = stats.similarity(p, q, method)
+            want = op(layers[p].double(), layers[q].double())
+            assert abs(got.mean - want.mean) < tol, (method, p, q)
+    ref = float(R.svcca(layers["a"], layers["b"]).mean())
+    assert abs(stats.svcca("a", "b").mean - ref) < 1e-6
+    assert stats.n("a") == 3000
+    assert stats.memory_bytes() == (41 * 41 + 41 + 41) * 8
+
+
+def test_batched_queries():
+    stats = _stream(_layers())
+    many = stats.similarity(["a", "b"], ["b", "c"], "cca")
+    assert [r.mean for r in many] == pytest.approx([stats.cca("a", "b").mean, stats.cca("b", "c").mean], abs=1e-12)
+
+
+def test_merge_save_load():
+    layers = _layers()
+    full = _stream(layers)
+    first = _stream({k: v[:1400] for k, v in layers.items()})
+    second = _stream({k: v[1400:] + 0.0 for k, v in layers.items()})
+    merged = first.merge(second)
+    assert merged.n("a") == 3000
+    for method in OPS:
+        assert merged.similarity("a", "c", method).mean == pytest.approx(full.similarity("a", "c", method).mean, abs=1e-10)
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "stats.pt")
+        merged.save(path)
+        back = CCAStatistics.load(path)
+    assert back.svcca("a", "b").mean == pytest.approx(merged.svcca("a", "b").mean, abs=1e-14)
+    back.update_many({k: v[:50] for k, v in layers.items()})  # keeps accumulating after load
+    assert back.n("b") == 3050
+
+
+def _all_reduce_worker(rank, world, init_file, layers, out):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        n = layers["a"].shape[0]
+        part = {k: v[rank * n // world:(rank + 1) * n // world] for k, v in layers.items()}
+        stats = _stream(part, batch=500).all_reduce()
+        if rank == 0:
+            torch.save({m: stats.similarity("a", "b", m).mean for m in OPS}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_all_reduce_two_processes():
+    layers = _layers(n=2000)
+    full = _stream(layers)
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "out.pt")
+        torch.multiprocessing.spawn(_all_reduce_worker, args=(2, os.path.join(d, "init"), layers, out), nprocs=2)
+        got = torch.load(out)
+    for m in OPS:
+        assert got[m] == pytest.approx(full.similarity("a", "b", m).mean, abs=1e-10)
+
+
+def test_hooks_and_compiled_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 3, padding=1), nn.ReLU())
+    stats = CCAStatistics(groups={"net": ["relu1", "relu2"]})
+    handles = stats.attach({"relu1": model[1], "relu2": model[3]})
+    compiled = torch.compile(model, backend="eager")
+    seen = {"relu1": [], "relu2": []}
+    for _ in range(3):
+        x = torch.randn(4, 3, 8, 8)
+        compiled(x)
+        h1 = torch.relu(model[0](x))
+        seen["relu1"].append(h1.permute(0, 2, 3, 1).reshape(-1, 8))
+        seen["relu2"].append(torch.relu(model[2](h1)).permute(0, 2, 3, 1).reshape(-1, 6))
+    for h in handles:
+        h.remove()
+    assert stats.n("relu1") == 3 * 4 * 64
+    a, b = torch.cat(seen["relu1"]), torch.cat(seen["relu2"])
+    assert stats.cca("relu1", "relu2").mean == pytest.approx(cca(a.double(), b.double()).mean, abs=1e-6)
+
+
+def test_conv_layers_pooled_to_one_grid():
+    stats = CCAStatistics(groups=[["low", "high"]], pool=(2, 2))
+    for i in range(4):
+        g = torch.Generator().manual_seed(i)
+        stats.update_many({"low": torch.randn(8, 5, 8, 8, generator=g), "high": torch.randn(8, 7, 2, 2, generator=g)})
+    assert stats.n("low") == 4 * 8 * 4
+
+
+def test_errors():
+    layers = _layers(n=100)
+    stats = CCAStatistics(groups=[["a", "b"], ["c"]])
+    with pytest.raises(InputError, match="no declared group"):
+        stats.update("zzz", layers["a"])
+    stats.update("a", layers["a"])
+    with pytest.raises(InputError, match="second batch"):
+        stats.update("a", layers["a"])
+    with pytest.raises(InputError, match="incomplete batch"):
+        stats.svcca("a", "b")
+    stats.update("b", layers["b"])
+    stats.update("c", layers["c"])
+    with pytest.raises(InputError, match="different groups"):
+        stats.svcca("a", "c")
+    with pytest.raises(InputError, match="different numbers of datapoints"):
+        stats.update_many({"a": layers["a"], "b": layers["b"][:50]})
+    bad = CCAStatistics(groups=[["a", "b"]])
+    with pytest.raises(InputError, match="NaN"):
+        bad.update_many({"a": layers["a"], "b": layers["b"].clone().fill_(float("nan"))})
+    with pytest.raises(InputError, match="two groups"):
+        CCAStatistics(groups=[["a"], ["a", "b"]])

@@ -1,0 +1,151 @@
+"""Per-layer (SV)CCA and CKA between models, in one pass over a fixed evaluation set.
+
+All models are fed the same batches, in the same order, with the same preprocessing; forward hooks
+on every stage of every model stream pooled activations into one ``transfusion.ops.CCAStatistics``
+(see ``transfusion.analysis.activations`` for the pooling), so a comparison of k models costs one
+pass over the data and never holds whole activation tensors. Results are plain dicts
+(``layer_a``, ``layer_b``, ``svcca``, ``cka``, ``n_datapoints``, ``neurons_a``, ``neurons_b``, ...)
+that are written as JSON: ``runs/<run_id>/similarity.json`` for a run's step-0-vs-final comparison,
+``results/<experiment>/similarity_*.json`` for comparisons between runs.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from transfusion.analysis.activations import DEFAULT_POOL, StageRecorder, layer_key
+from transfusion.errors import CheckpointError
+from transfusion.utils import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+METHODS = ("svcca", "cka")
+
+
+def eval_batches(dataset, n_images: int, batch_size: int = 32):
+    """The first ``n_images`` items of ``dataset`` (no shuffling) as image batches: a fixed set."""
+    n = min(n_images, len(dataset))
+    subset = torch.utils.data.Subset(dataset, range(n))
+    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0)
+    for batch in loader:
+        yield batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def collect_statistics(models: dict[str, nn.Module], batches: Iterable[torch.Tensor], *,
+                       pool: int = DEFAULT_POOL, device: str | torch.device = "cpu",
+                       stages: dict[str, Iterable[str]] | None = None):
+    """One pass: every stage of every model (keys '<name>/<stage>') into one CCAStatistics.
+
+    Layers are grouped by stage name (the same stage of every model in one group), so any two
+    models can be compared at any stage they share; memory is the sum over stages of
+    (sum of that stage's widths over the models)^2 float64 values, independent of the image count.
+    """
+    from transfusion.ops import CCAStatistics
+
+    chosen = {name: tuple((stages or {}).get(name) or model.stage_names) for name, model in models.items()}
+    groups: dict[str, list[str]] = {}
+    for name, names in chosen.items():
+        for stage in names:
+            groups.setdefault(stage, []).append(layer_key(name, stage))
+    stats = CCAStatistics(groups=groups)
+    n_images = 0
+    recorders = []
+    for name, model in models.items():
+        model.to(device).eval()
+        recorders.append(StageRecorder(model, name, stats.update, pool=pool, stages=chosen[name]))
+    for r in recorders:
+        r.__enter__()
+    try:
+        distinct = list({id(m): m for m in models.values()}.values())  # a model named twice runs once
+        with torch.no_grad():
+            for x in batches:
+                x = x.to(device)
+                for model in distinct:
+                    model(x)
+                n_images += x.shape[0]
+    finally:
+        for r in recorders:
+            r.__exit__(None, None, None)
+    if n_images == 0:
+        raise CheckpointError("no evaluation images were fed to the models; check the evaluation "
+                              "split is not empty")
+    stats.n_images = n_images
+    return stats
+
+
+def _value(result) -> float:
+    return float(result.mean if hasattr(result, "mean") else result)
+
+
+def pair_similarity(stats, key_a: str, key_b: str, methods: Iterable[str] = METHODS) -> dict:
+    """(SV)CCA / CKA between two recorded layers, as a JSON-ready dict."""
+    row = {"layer_a": key_a, "layer_b": key_b, "n_images": getattr(stats, "n_images", None),
+           "neurons_a": None, "neurons_b": None}
+    for m in methods:
+        try:
+            res = getattr(stats, m)(key_a, key_b)
+            row[m] = _value(res)
+            if m == "svcca":
+                row["svcca_kept_dims"] = list(res.kept)
+                row["n_datapoints"] = int(res.n)
+            if m == "cka":
+                row["neurons_a"], row["neurons_b"] = (int(k) for k in res.kept)
+        except Exception as e:  # a degenerate layer (e.g. all-zero ReLU) is reported, not fatal
+            log.warning("%s(%s, %s) failed: %s", m, key_a, key_b, e)
+            row[m] = float("nan")
+            row[f"{m}_error"] = str(e)
+    return row
+
+
+def compare_models(models: dict[str, nn.Module], pairs: list[tuple[str, str]], batches, *,
+                   pool: int = DEFAULT_POOL, device="cpu", layers: Iterable[str] | None = None
+                   ) -> list[dict]:
+    """Per-layer similarity for each pair of named models, all from one pass over ``batches``.
+
+    ``layers``: stage names to compare (default: every stage the first model of each pair has and
+    the second has too). One row per (pair, layer), with ``model_a``, ``model_b`` and ``layer``.
+    """
+    stats = collect_statistics(models, batches, pool=pool, device=device)
+    rows = []
+    for a, b in pairs:
+        names_b = set(models[b].stage_names)
+        chosen = [s for s in (layers or models[a].stage_names) if s in names_b]
+        for stage in chosen:
+            row = pair_similarity(stats, layer_key(a, stage), layer_key(b, stage))
+            rows.append({"model_a": a, "model_b": b, "layer": stage, **row})
+    return rows
+
+
+def load_checkpoint_model(path) -> tuple[nn.Module, dict]:
+    """A model rebuilt from our own model checkpoint format ('transfusion-model'), plus its header."""
+    from transfusion.models import build_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; give the step0.pt / model_final.pt "
+                              f"of a run folder (runs/<run_id>/checkpoints/)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "transfusion-model":
+        raise CheckpointError(f"{path} is not a transfusion model checkpoint (no format "
+                              f"'transfusion-model'); compare needs checkpoints written by "
+                              f"`transfusion train` / `transfusion run`")
+    model = build_model(ckpt["model_name"], ckpt["num_classes"], ckpt.get("in_channels", 3))
+    model.load_state_dict(ckpt["state_dict"])
+    return model, {k: v for k, v in ckpt.items() if k != "state_dict"}
+
+
+def init_vs_final(step0: Path, final: Path, batches, *, out: Path | None = None,
+                  pool: int = DEFAULT_POOL, device="cpu") -> list[dict]:
+    """Per-layer CCA between a model at step 0 and at the end (Fig. 3); written to ``out`` if given."""
+    m0, _ = load_checkpoint_model(step0)
+    m1, header = load_checkpoint_model(final)
+    rows = compare_models({"init": m0, "final": m1}, [("init", "final")], batches, pool=pool,
+                          device=device)
+    if out is not None:
+        atomic_write_json(out, {"kind": "init_vs_final", "step0": str(step0), "final": str(final),
+                                "model_name": header.get("model_name"), "pool": pool, "rows": rows})
+    return rows

@@ -1,0 +1,155 @@
+"""``transfusion run <experiment>``, ``transfusion run all``, ``transfusion report`` and
+``transfusion compare``: the commands a researcher runs.
+
+Every ``run`` command takes the same options (data, models, seeds, steps, image size, pretrained
+weights, output folders, executor, preset); its help says what the experiment asks and what it
+writes. Registered in transfusion/cli.py by ``register(app, run_app)``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from transfusion.experiments import EXPERIMENT_NAMES, experiment_module
+
+log = logging.getLogger(__name__)
+
+PRESET_HELP = ("micro: seconds per experiment (tests); demo: synthetic data on a CPU, the whole "
+               "`run all` in about 15 minutes; paper: the paper's protocol on real data (GPUs).")
+
+
+def _run(name: str, *, preset, dataset, data_dir, data_format, models, seeds, steps, image_size,
+         batch_size, pretrained, out, runs, executor, threshold, small_data=None, upto=None,
+         cache=None, device=None, threads=None) -> None:
+    from transfusion.experiments import config as C
+    from transfusion.experiments.engine import run_experiment
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    names = EXPERIMENT_NAMES if name == "all" else (name,)
+    t_all = time.perf_counter()
+    for n in names:
+        cfg = C.make_config(
+            n, preset=preset, dataset=dataset, data_dir=data_dir, data_format=data_format,
+            models=C.parse_list(models), seeds=C.parse_list(seeds, int), steps=steps,
+            image_size=image_size, batch_size=batch_size, pretrained=C.parse_pretrained(pretrained),
+            out=out, runs=runs, executor=executor, threshold=threshold,
+            small_data=small_data, upto=upto, cache=cache, device=device, threads=threads)
+        t0 = time.perf_counter()
+        typer.echo(f"== transfusion run {n} (preset {cfg.preset}, {cfg.dataset}, "
+                   f"{'data ' + cfg.data_dir if cfg.data_dir else 'SYNTHETIC data'})")
+        report = run_experiment(cfg)
+        typer.echo(f"   done in {time.perf_counter() - t0:.1f} s: {report}")
+    if name == "all":
+        typer.echo(f"== all experiments done in {time.perf_counter() - t_all:.1f} s; results in {out}")
+
+
+def _make_command(name: str, doc: str, *, small_data: bool = False, upto: bool = False):
+    def command(
+        preset: str = typer.Option("demo", help=PRESET_HELP),
+        dataset: str = typer.Option("retina", help="retina or chexpert."),
+        data_dir: Optional[str] = typer.Option(None, help="Real dataset folder (EyePACS/APTOS/CheXpert "
+                                               "folder or MedMNIST .npz); default: built-in synthetic data."),
+        data_format: Optional[str] = typer.Option(None, help="eyepacs, aptos, medmnist (retina); "
+                                                  "chexpert, medmnist (chexpert). Default: eyepacs / chexpert."),
+        models: Optional[str] = typer.Option(None, help="Comma-separated model names (default: the preset's)."),
+        seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds, e.g. 0,1,2."),
+        steps: Optional[int] = typer.Option(None, help="Training steps per run (default: the preset's)."),
+        image_size: Optional[int] = typer.Option(None, help="Image side in pixels (default: the preset's)."),
+        batch_size: Optional[int] = typer.Option(None, help="Batch size (default: preset / recipe)."),
+        pretrained: Optional[List[str]] = typer.Option(
+            None, help="MODEL=PATH, repeatable: a torchvision/timm/transfusion checkpoint per model, e.g. "
+                       "resnet50=/path/resnet50-0676ba61.pth. Without it weights are pretrained on the "
+                       "fly on the synthetic natural-image source (said loudly in the report)."),
+        out: str = typer.Option("results", help="Results folder (results/<experiment>/)."),
+        runs: str = typer.Option("runs", help="Run folders (runs/<run_id>/), shared by all experiments."),
+        executor: str = typer.Option("local", help="local (resumable, skips finished runs) or submitit (Slurm)."),
+        threshold: Optional[float] = typer.Option(None, help="AUC level for steps-to-threshold "
+                                                  "(default: the preset's; paper 0.91)."),
+        cache: Optional[str] = typer.Option(None, help="Where synthetic data is cached (default: beside runs/)."),
+        device: Optional[str] = typer.Option(None, help="Device of the similarity analysis (default cpu)."),
+        threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: 1 for the micro "
+                                              "and demo presets, which target a shared small CPU; "
+                                              "torch's default otherwise)."),
+        small_data_opt: Optional[int] = typer.Option(None, "--small-data", hidden=not small_data,
+                                                     help="Train on this many images (Table 3: 5000)."),
+        upto_opt: Optional[str] = typer.Option(None, "--upto", hidden=not upto,
+                                               help="Run one cut only: conv1, block1, block2, block3, block4."),
+    ) -> None:
+        _run(name, preset=preset, dataset=dataset, data_dir=data_dir, data_format=data_format,
+             models=models, seeds=seeds, steps=steps, image_size=image_size, batch_size=batch_size,
+             pretrained=pretrained, out=out, runs=runs, executor=executor, threshold=threshold,
+             small_data=small_data_opt, upto=upto_opt, cache=cache, device=device, threads=threads)
+
+    command.__doc__ = doc
+    return command
+
+
+def _doc(name: str) -> str:
+    m = experiment_module(name)
+    return f"{m.QUESTION}\n\n{(m.__doc__ or '').strip()}\n\nWrites results/{name}/: {m.WRITES}."
+
+
+def register(app: typer.Typer, run_app: typer.Typer) -> None:
+    for name in EXPERIMENT_NAMES:
+        run_app.command(name, help=_doc(name))(
+            _make_command(name, _doc(name), small_data=name == "performance",
+                          upto=name == "weight-transfusion"))
+    run_app.command("all", help="Run every experiment in turn (runs shared between experiments are "
+                    "trained once). Interrupt and rerun: finished runs are skipped, an interrupted run "
+                    "resumes. Writes results/<experiment>/ for each.")(
+        _make_command("all", "Run every experiment."))
+    app.command("report")(report)
+    app.command("compare")(compare)
+
+
+def report(
+    directory: Path = typer.Argument(..., help="results/<experiment>/ or results/."),
+    runs: Optional[str] = typer.Option(None, help="Run folders (default: the one recorded in plan.json)."),
+) -> None:
+    """Rebuild results.csv, the figures and report.md from the run folders (never from memory)."""
+    from transfusion.experiments.engine import rebuild_report
+
+    for p in rebuild_report(directory, Path(runs) if runs else None):
+        typer.echo(str(p))
+
+
+def compare(
+    ckpt_a: Path = typer.Argument(..., help="A transfusion model checkpoint (e.g. runs/<id>/model_final.pt)."),
+    ckpt_b: Path = typer.Argument(..., help="Another one (may be another architecture)."),
+    data: str = typer.Option("synthetic", help="Dataset folder, or 'synthetic' for the built-in fundus set."),
+    data_format: str = typer.Option("eyepacs", help="eyepacs, aptos, medmnist, chexpert, imagefolder."),
+    split: str = typer.Option("test", help="Which split's images to feed."),
+    images: int = typer.Option(200, help="Number of evaluation images."),
+    image_size: Optional[int] = typer.Option(None, help="Image size (default: from checkpoint meta, else 64)."),
+    pool: int = typer.Option(4, help="Conv outputs are average-pooled to pool x pool positions."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    cache: str = typer.Option("data-cache", help="Synthetic data cache."),
+) -> None:
+    """Print the per-layer SVCCA and linear CKA between two checkpoints (one pass over the data)."""
+    from transfusion.analysis.similarity import compare_models, eval_batches, load_checkpoint_model
+    from transfusion.data import load_dataset
+
+    a, ha = load_checkpoint_model(ckpt_a)
+    b, _ = load_checkpoint_model(ckpt_b)
+    size = image_size or (ha.get("meta") or {}).get("image_size") or 64
+    if data == "synthetic":
+        from transfusion.data.synthetic import ensure_synthetic
+
+        root = ensure_synthetic("fundus", Path(cache), n_images=max(images * 3, 100), image_size=size, seed=0)
+        data_format = "eyepacs"
+    else:
+        root = data
+    ds = load_dataset(data_format, root, split, image_size=size, augment=False,
+                      in_channels=ha.get("in_channels", 3))
+    rows = compare_models({"a": a, "b": b}, [("a", "b")], eval_batches(ds, images), pool=pool,
+                          device=device)
+    if not rows:
+        typer.echo("the two models share no stage names; nothing to compare")
+        raise typer.Exit(1)
+    typer.echo(f"{'layer':<16}{'SVCCA':>8}{'CKA':>8}   ({rows[0]['n_images']} images, pool {pool}x{pool})")
+    for r in rows:
+        typer.echo(f"{r['layer']:<16}{r['svcca']:>8.3f}{r['cka']:>8.3f}")

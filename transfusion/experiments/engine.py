@@ -1,0 +1,248 @@
+"""Drive one experiment: data, pretrained weights, plan, execute, analyse, report.
+
+``run_experiment(cfg)``:
+1. the data: a real folder (``--data-dir``) or the built-in synthetic set, made once and cached;
+2. pretrained weights for every model a non-random init needs: ``--pretrained MODEL=PATH`` or, when
+   none is given, a pretraining run on the synthetic natural-image source (an ordinary run in
+   runs/, so it is made once per model and setting and reused by every experiment) — this is said
+   loudly in the log, plan.json and report.md;
+3. the plan (``module.plan``) written to results/<experiment>/plan.json;
+4. the runs executed by the chosen executor (finished runs skipped, interrupted ones resumed);
+5. the experiment's analysis (similarities), then its report, from files only.
+
+Everything that knows the training stream's ``RunSpec`` fields is in ``training_spec`` below.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from transfusion.errors import ConfigError
+from transfusion.experiments import experiment_module
+from transfusion.experiments.common import PlannedRun, read_plan, write_plan
+from transfusion.experiments.config import ExperimentConfig
+
+log = logging.getLogger(__name__)
+
+SYNTHETIC_KIND = {"retina": "fundus", "chexpert": "chexpert"}
+SYNTHETIC_DATASET = {"retina": "eyepacs", "chexpert": "chexpert"}
+
+
+# --------------------------------------------------------------------------------------- data
+def data_source(cfg: ExperimentConfig) -> dict:
+    """{'dataset': load_dataset name, 'root': folder, 'synthetic': bool} for the medical task."""
+    if cfg.data_dir is not None:
+        return {"dataset": cfg.data_format, "root": cfg.data_dir, "synthetic": False}
+    from transfusion.data.synthetic import ensure_synthetic
+
+    root = ensure_synthetic(SYNTHETIC_KIND[cfg.dataset], Path(cfg.cache),
+                            n_images=cfg.synthetic_images + cfg.synthetic_eval_images,
+                            image_size=cfg.image_size, seed=0)
+    return {"dataset": SYNTHETIC_DATASET[cfg.dataset], "root": str(root), "synthetic": True}
+
+
+def natural_source(cfg: ExperimentConfig) -> dict:
+    from transfusion.data.synthetic import ensure_synthetic
+
+    root = ensure_synthetic("natural", Path(cfg.cache), n_images=cfg.pretrain_images,
+                            image_size=cfg.image_size, seed=0, n_classes=cfg.pretrain_classes)
+    return {"dataset": "imagefolder", "root": str(root), "synthetic": True}
+
+
+# --------------------------------------------------------------------------- training specs
+def training_spec(*, model: str, task: str, data: dict, init: str, seed: int, steps: int,
+                  eval_every: int, image_size: int, batch_size: int | None,
+                  checkpoint: str | None = None, upto: str | None = None, limit: int | None = None):
+    """The training stream's RunSpec for one run (the one place that knows its fields).
+
+    Checkpoints are written at every evaluation so an interrupted short run resumes close to
+    where it stopped (the recipe default, 1000 steps, is for long runs).
+    """
+    from transfusion.experiments.runs import RunSpec
+
+    overrides = {"checkpoint_every": eval_every, "log_every": max(1, min(50, eval_every))}
+    return RunSpec(model=model, task=task, dataset=data["dataset"], data_root=data["root"],
+                   init=init, checkpoint=checkpoint, upto=upto, seed=seed, steps=steps,
+                   eval_every=eval_every, image_size=image_size, batch_size=batch_size,
+                   limit=limit, overrides=overrides)
+
+
+class RunsInterrupted(ConfigError):
+    """A run stopped before its end (Ctrl-C, SIGTERM): rerun the same command to resume it."""
+
+
+def execute(cfg: ExperimentConfig, specs: list) -> None:
+    """Run the specs with the chosen executor; finished runs are skipped, interrupted ones resumed.
+
+    Locally the specs go one at a time, so that an interrupted run stops the whole plan (instead
+    of the executor moving on to the next run) and the rerun continues exactly there.
+    """
+    from transfusion.experiments.runs import make_executor
+
+    unique = list({s.run_id: s for s in specs}.values())
+    if not unique:
+        return
+    kwargs = {"device": cfg.device} if cfg.executor == "local" and cfg.device else {}
+    ex = make_executor(cfg.executor, runs_dir=cfg.runs_dir, **kwargs)
+    batches = [[s] for s in unique] if cfg.executor == "local" else [unique]
+    for batch in batches:
+        results = ex.run(batch, cfg.runs_dir)
+        stopped = [r for r in results if r.get("status") != "finished"]
+        if stopped:
+            raise RunsInterrupted(
+                f"run {stopped[0].get('run_id')} did not finish ({stopped[0].get('status')}: "
+                f"{stopped[0].get('message', '')}); rerun the same command: finished runs are "
+                f"skipped and this one resumes from its last checkpoint")
+
+
+# ------------------------------------------------------------------------ pretrained weights
+#: Seed of the on-the-fly pretraining runs. It must differ from every experiment seed: with the
+#: same seed the pretraining run starts from exactly the random-init run's weights, so a short
+#: pretraining leaves 'transfer' close to 'random seed 0' and inflates CCA(random, transfer).
+PRETRAIN_SEED = 10_000
+
+
+def pretrain_spec(cfg: ExperimentConfig, model: str):
+    return training_spec(model=model, task="natural", data=natural_source(cfg), init="random",
+                         seed=PRETRAIN_SEED, steps=cfg.pretrain_steps,
+                         eval_every=cfg.pretrain_steps, image_size=cfg.image_size,
+                         batch_size=cfg.batch_size)
+
+
+def resolve_pretrained(cfg: ExperimentConfig, models: list[str]) -> dict[str, dict]:
+    """{model: {'path': checkpoint, 'source': description}}; pretrains on the fly where needed."""
+    out, todo = {}, []
+    for m in models:
+        if m in cfg.pretrained:
+            out[m] = {"path": cfg.pretrained[m], "source": f"given: {cfg.pretrained[m]}"}
+        else:
+            todo.append(m)
+    if todo:
+        specs = {m: pretrain_spec(cfg, m) for m in todo}
+        log.warning("NO --pretrained WEIGHTS for %s: pretraining them on the SYNTHETIC natural-image "
+                    "source (%d steps, made once and cached under %s). 'transfer' then means transfer "
+                    "from synthetic natural images, NOT ImageNet.", ", ".join(todo),
+                    cfg.pretrain_steps, cfg.runs_dir)
+        execute(cfg, list(specs.values()))
+        for m, spec in specs.items():
+            out[m] = {"path": str(final_checkpoint(cfg.runs_dir / spec.run_id)),
+                      "source": (f"pretrained ON THE FLY on the SYNTHETIC natural-image source "
+                                 f"({cfg.pretrain_steps} steps, {cfg.pretrain_images} images, "
+                                 f"{cfg.pretrain_classes} classes; run {spec.run_id}), NOT ImageNet")}
+    return out
+
+
+# ------------------------------------------------------------------------------ run folders
+def _first(run_dir: Path, names: tuple[str, ...], what: str) -> Path:
+    for n in names:
+        if (Path(run_dir) / n).is_file():
+            return Path(run_dir) / n
+    raise ConfigError(f"run folder {run_dir} has no {what} ({' or '.join(names)}); the run did not "
+                      f"finish: rerun the same command to resume it")
+
+
+def final_checkpoint(run_dir: Path) -> Path:
+    return _first(run_dir, ("model_final.pt", "checkpoints/model_final.pt"), "final model checkpoint")
+
+
+def step0_checkpoint(run_dir: Path) -> Path:
+    return _first(run_dir, ("checkpoints/step0.pt", "step0.pt"), "step-0 model checkpoint")
+
+
+@dataclass
+class Context:
+    """What an experiment's analysis step needs: the fixed evaluation images, the device, checkpoints."""
+
+    cfg: ExperimentConfig
+    data: dict
+    device: str = "cpu"
+
+    def eval_batches(self):
+        from transfusion.analysis.similarity import eval_batches
+        from transfusion.data import load_dataset
+
+        ds = load_dataset(self.data["dataset"], self.data["root"], "test", image_size=self.cfg.image_size,
+                          augment=False, seed=0)
+        return eval_batches(ds, self.cfg.similarity_images, batch_size=32)
+
+    final_checkpoint = staticmethod(final_checkpoint)
+    step0_checkpoint = staticmethod(step0_checkpoint)
+
+
+# ------------------------------------------------------------------------------- the driver
+def plan_experiment(cfg: ExperimentConfig, module, data: dict, pretrained: dict[str, dict]
+                    ) -> list[PlannedRun]:
+    def make(*, model: str, init: str, seed: int, upto: str | None = None, limit: int | None = None,
+             slot: str | None = None, source_model: str | None = None) -> PlannedRun:
+        ckpt = None
+        if init != "random":
+            src = source_model or model
+            if src not in pretrained:
+                raise ConfigError(f"no pretrained weights for {src}")
+            ckpt = pretrained[src]["path"]
+        spec = training_spec(model=model, task=cfg.dataset, data=data, init=init, seed=seed,
+                             steps=cfg.steps, eval_every=cfg.eval_every, image_size=cfg.image_size,
+                             batch_size=cfg.batch_size, checkpoint=ckpt, upto=upto, limit=limit)
+        role = {"model": model, "init": init, "seed": seed, "upto": upto, "limit": limit}
+        if slot:
+            role["slot"] = slot
+        if source_model:
+            role["source_model"] = source_model
+        return PlannedRun(role=role, spec=spec)
+
+    return module.plan(cfg, make)
+
+
+def needed_pretrained(cfg: ExperimentConfig, module) -> list[str]:
+    """The models whose pretrained weights the plan needs (a dry plan that records roles only)."""
+    needed: list[str] = []
+
+    def dry(*, model, init, seed, upto=None, limit=None, slot=None, source_model=None):
+        src = source_model or model
+        if init != "random" and src not in needed:
+            needed.append(src)
+        return None
+
+    module.plan(cfg, dry)
+    return needed
+
+
+def run_experiment(cfg: ExperimentConfig) -> Path:
+    """Plan, train (resumably), analyse and report one experiment; returns report.md's path."""
+    module = experiment_module(cfg.experiment)
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    data = data_source(cfg)
+    pretrained = resolve_pretrained(cfg, needed_pretrained(cfg, module))
+    planned = plan_experiment(cfg, module, data, pretrained)
+    out_dir = cfg.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_plan(out_dir, cfg, planned, pretrained={m: p["source"] for m, p in pretrained.items()},
+               extra={"data": data})
+    log.info("%s: %d runs (%d distinct) -> %s", cfg.experiment, len(planned),
+             len({p.run_id for p in planned}), cfg.runs_dir)
+    execute(cfg, [p.spec for p in planned])
+    if hasattr(module, "analyse"):
+        module.analyse(cfg, planned, cfg.runs_dir, Context(cfg, data, cfg.device or "cpu"))
+    return module.report(read_plan(out_dir), cfg.runs_dir, out_dir)
+
+
+def rebuild_report(out_dir: Path, runs_dir: Path | None = None) -> list[Path]:
+    """Rebuild results.csv, figures and report.md of one results/<experiment>/ folder (or of every
+    experiment folder under a results/ folder) from plan.json and the run folders."""
+    out_dir = Path(out_dir)
+    targets = [out_dir] if (out_dir / "plan.json").is_file() else sorted(
+        p.parent for p in out_dir.glob("*/plan.json"))
+    if not targets:
+        raise ConfigError(f"no plan.json in {out_dir} or its sub-folders: give results/<experiment>/ "
+                          f"or results/ as written by `transfusion run`")
+    done = []
+    for t in targets:
+        plan = read_plan(t)
+        module = experiment_module(plan["config"]["experiment"])
+        rd = Path(runs_dir) if runs_dir else Path(plan["config"]["runs"])
+        done.append(module.report(plan, rd, t))
+    return done

@@ -1,0 +1,113 @@
+"""Layer change (paper Figs. 3 and 5): how much does each layer move during training?
+
+One run per (model, init). For each, the per-layer SVCCA between the model at step 0 and at the end
+over the same evaluation images (Fig. 3: high = the layer barely changed), and conv1's filters
+before and after training as image grids, for random init and for transfer (Fig. 5).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from transfusion.experiments.common import base_row, load_plan_runs, setup_text, standard_warnings
+from transfusion.report import document, figures, tables
+
+NAME = "layer-change"
+TITLE = "Layer change during training: CCA(init, final) per layer (paper Figs. 3, 5)"
+QUESTION = ("Which layers change most during training, from random init and from transfer? Do "
+            "conv1 filters keep their pretrained shape?")
+WRITES = ("runs/<run_id>/similarity.json (per-layer CCA(step 0, final)), results.csv (one row per "
+          "model, init and layer), cca_init_final.png (Fig. 3), conv1_filters_<model>.png (Fig. 5), "
+          "report.md")
+INITS = ("random", "transfer")
+
+
+def plan(cfg, make) -> list:
+    return [make(model=m, init=i, seed=cfg.seeds[0]) for m in cfg.models for i in INITS]
+
+
+def analyse(cfg, planned, runs_dir: Path, ctx) -> None:
+    from transfusion.analysis.similarity import init_vs_final
+
+    for p in planned:
+        run_dir = Path(runs_dir) / p.run_id
+        if (run_dir / "similarity.json").is_file():
+            continue
+        init_vs_final(ctx.step0_checkpoint(run_dir), ctx.final_checkpoint(run_dir), ctx.eval_batches(),
+                      out=run_dir / "similarity.json", pool=cfg.pool, device=ctx.device)
+
+
+def _checkpoint(run_dir: Path, which: str) -> Path | None:
+    names = {"step0": ("checkpoints/step0.pt", "step0.pt"),
+             "final": ("model_final.pt", "checkpoints/model_final.pt")}[which]
+    for n in names:
+        if (run_dir / n).is_file():
+            return run_dir / n
+    return None
+
+
+def conv1_weights(run_dir: Path, which: str):
+    """conv1's weight (numpy, (out, in, k, k)) from the run's step-0 or final model checkpoint."""
+    from transfusion.analysis.similarity import load_checkpoint_model
+
+    path = _checkpoint(Path(run_dir), which)
+    if path is None:
+        return None
+    model, _ = load_checkpoint_model(path)
+    return model.state_dict()[model.first_conv_key].detach().cpu().numpy()
+
+
+def rows(plan_doc: dict, runs_dir: Path) -> list[dict]:
+    cfg = plan_doc["config"]
+    out = []
+    for rec in load_plan_runs(plan_doc, runs_dir):
+        path = rec.path / "similarity.json"
+        if not path.is_file():
+            continue
+        base = base_row(rec, cfg, plan_doc["pretrained"])
+        for i, r in enumerate(json.loads(path.read_text())["rows"]):
+            n, a = r.get("n_datapoints"), r.get("neurons_a")
+            out.append({**base, "layer": r["layer"], "layer_index": i, "svcca": r.get("svcca"),
+                        "cka": r.get("cka"), "n_images": r.get("n_images"), "n_datapoints": n,
+                        "neurons": a, "few_datapoints": (n < 10 * a) if n and a else None})
+    return out
+
+
+def report(plan_doc: dict, runs_dir: Path, out_dir: Path) -> Path:
+    cfg = plan_doc["config"]
+    rs = rows(plan_doc, runs_dir)
+    tables.write_csv(out_dir / "results.csv", rs)
+    series = {}
+    for m in cfg["models"]:
+        for i in INITS:
+            mine = sorted((r for r in rs if r["model"] == m and r["init"] == i), key=lambda r: r["layer_index"])
+            if mine:
+                series[f"{m} {i}"] = ([r["layer"] for r in mine], [r["svcca"] for r in mine])
+    figs = []
+    if series:
+        figures.layer_curves(series, out_dir / "cca_init_final.png",
+                             title="Fig. 3: SVCCA(layer at step 0, layer at the end)")
+        figs.append(("Per-layer SVCCA between initialisation and the end of training", "cca_init_final.png"))
+    for m in cfg["models"]:
+        panels = {}
+        for r in plan_doc["runs"]:
+            if r["role"]["model"] != m:
+                continue
+            for which, when in (("step0", "before"), ("final", "after")):
+                w = conv1_weights(Path(runs_dir) / r["run_id"], which)
+                if w is not None:
+                    panels[f"{r['role']['init']}: {when} training"] = w
+        if panels:
+            name = f"conv1_filters_{m}.png"
+            figures.filter_grids(panels, out_dir / name, title=f"Fig. 5: {m} conv1 filters")
+            figs.append((f"{m}: conv1 filters before and after training, random and transfer", name))
+    body = [[r["model"], r["init"], r["layer"], tables.fmt(r["svcca"]), tables.fmt(r["cka"])] for r in rs]
+    recs = load_plan_runs(plan_doc, runs_dir)
+    base = [base_row(r, cfg, plan_doc["pretrained"]) for r in recs]
+    section = (tables.markdown_table(["model", "init", "layer", "SVCCA(init, final)", "CKA(init, final)"], body)
+               + "\nPaper (Fig. 3): with transfer, lower layers change little and the top layers most; "
+                 "from random init, lower layers change much more. Fig. 5: transferred conv1 filters "
+                 "barely change; random ones stay noisy.\n")
+    return document.write_report(out_dir, title=TITLE, question=QUESTION, setup=setup_text(plan_doc, base),
+                                 sections=[("Results", section)], figures=figs,
+                                 warnings=standard_warnings(plan_doc, base))

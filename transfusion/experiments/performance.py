@@ -1,0 +1,85 @@
+"""Performance (paper Tables 1-3): does ImageNet-style transfer beat random initialisation?
+
+Trains every model x {random, transfer} x seed and reports the validation AUC mean and std per cell; with
+``--small-data N`` the training set is cut to N images (Table 3, N = 5000 in the paper).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from transfusion.experiments.common import (base_row, final_metric, headline_key, load_plan_runs,
+                                            setup_text, standard_warnings)
+from transfusion.report import document, figures, tables
+
+NAME = "performance"
+TITLE = "Performance: transfer vs random initialisation (paper Tables 1-3)"
+QUESTION = "Does ImageNet transfer beat random initialisation on medical images?"
+WRITES = ("results.csv (one row per run: model, init, seed, AUCs), auc.png (grouped bars with std "
+          "error bars, paper numbers as diamonds), report.md")
+INITS = ("random", "transfer")
+
+
+def plan(cfg, make) -> list:
+    return [make(model=m, init=i, seed=s, limit=cfg.small_data)
+            for m in cfg.models for i in INITS for s in cfg.seeds]
+
+
+def rows(plan_doc: dict, runs_dir: Path) -> list[dict]:
+    cfg = plan_doc["config"]
+    key = headline_key(cfg["dataset"])
+    out = []
+    for rec in load_plan_runs(plan_doc, runs_dir):
+        row = base_row(rec, cfg, plan_doc["pretrained"])
+        row["metric"] = key
+        row["auc"] = final_metric(rec, key)
+        for k in sorted(((rec.final or {}).get("metrics") or {}).keys()):
+            if k.startswith(("auc", "kappa")) and k != key:
+                row[k] = final_metric(rec, k)
+        out.append(row)
+    return out
+
+
+def report(plan_doc: dict, runs_dir: Path, out_dir: Path) -> Path:
+    cfg = plan_doc["config"]
+    rs = rows(plan_doc, runs_dir)
+    tables.write_csv(out_dir / "results.csv", rs)
+    stats = tables.group_mean_std(rs, ("model", "init"), "auc")
+    small = cfg.get("small_data")
+    groups = {m: {i: stats[(m, i)][:2] for i in INITS if (m, i) in stats} for m in cfg["models"]}
+    paper = tables.PAPER_SMALL_DATA_AUC if small else {k: v[0] for k, v in tables.PAPER_RETINA_AUC.items()}
+    reference = None
+    if cfg["dataset"] == "retina":
+        reference = {m: {i: paper[(m, i)] / 100 for i in INITS if (m, i) in paper} for m in cfg["models"]}
+    figures.grouped_bars(groups, out_dir / "auc.png", ylabel=f"validation {headline_key(cfg['dataset'])}",
+                         title=f"{cfg['dataset']} AUC, mean ± std over seeds"
+                               + (f" (train limit {small})" if small else ""),
+                         reference=reference, reference_label="paper (real retina)")
+    head = ["model", "init", "ours: AUC mean ± std", "paper (retina, %)"]
+    body = []
+    for m in cfg["models"]:
+        for i in INITS:
+            if (m, i) not in stats:
+                continue
+            p = paper.get((m, i)) if cfg["dataset"] == "retina" else None
+            p_txt = ("n/a" if p is None else
+                     (f"{p[0]} ± {p[1]}" if isinstance(p, tuple) else f"{p}"))
+            body.append([m, i, tables.fmt_mean_std(*stats[(m, i)]), p_txt])
+    sections = [("Results" + (f" on {small} training images (Table 3)" if small else " (Tables 1, 2)"),
+                 tables.markdown_table(head, body))]
+    if cfg["dataset"] == "chexpert":
+        head = ["pathology"] + [f"{m} {i}" for m in cfg["models"] for i in INITS] + ["paper ResNet50 % (random / transfer)"]
+        body = []
+        for lab, (r, t) in tables.PAPER_CHEXPERT_RESNET50.items():
+            col = "auc_" + lab.lower().replace(" ", "_")
+            cells = []
+            for m in cfg["models"]:
+                for i in INITS:
+                    mean, sd, n = tables.mean_std([x.get(col) for x in rs if x["model"] == m and x["init"] == i])
+                    cells.append(tables.fmt_mean_std(mean, sd, n))
+            body.append([lab] + cells + [f"{r} / {t}"])
+        sections.append(("Per pathology (CheXpert, Table 2)", tables.markdown_table(head, body)))
+    return document.write_report(
+        out_dir, title=TITLE, question=QUESTION, setup=setup_text(plan_doc, rs), sections=sections,
+        figures=[("Validation AUC per model and initialisation (bars: mean over seeds, whiskers: std)",
+                  "auc.png")], warnings=standard_warnings(plan_doc, rs))
+

@@ -1,0 +1,351 @@
+"""Streaming (SV)CCA / PWCCA / CKA: accumulate float64 sufficient statistics batch by batch.
+
+    stats = CCAStatistics(groups={"ab": ["a.conv1", "a.block4", "b.conv1", "b.block4"]})
+    handles = stats.attach({"a.conv1": net_a.conv1, ...})   # forward hooks, or stats.update(...)
+    for images, *_ in loader:
+        net_a(images); net_b(images)                          # both nets see the same batch
+    stats.svcca("a.block4", "b.block4"); stats.cka("a.conv1", "b.conv1")
+
+What is stored: for every group of layers accumulated jointly, the count n, a per-neuron shift
+(the first batch's first-chunk mean), the float64 column sums and the float64 joint Gram of the
+shifted concatenation [x_1 .. x_k] of the group's layers. Every pair of layers inside a group is
+then available (CCA between two layers needs their cross-products x_i^T x_j). Memory depends on
+the widths, never on n: (sum of the group's widths)^2 * 8 bytes for the Gram (e.g. 4 layers of
+512 neurons: 2048^2 * 8 = 32 MiB), plus, while a batch is folded in, the Gram pass's chunk buffer
+(min(chunk_rows, batch rows) x sum of widths x 8 bytes; 4 with precision="float32") and one
+temporary Gram. ``precision="float64"`` (default) makes the GEMMs exact to float64 rounding: the
+data can't be revisited, so the fast float32 GEMMs are an opt-in (a result computed from float32
+statistics warns when its conditioning makes it inaccurate).
+
+Layers of one group must receive the same batches (the same datapoints in the same order): with
+``update(name, act)`` a group waits until each of its layers got the current batch, then folds
+them in together; ``update_many({name: act, ...})`` folds a complete batch at once. Layers in
+different groups can't be compared (an InputError says so): declare the layers you will compare
+in one group. Without ``groups`` every layer is its own group (only self-statistics).
+
+4-D activations (N, C, H, W) go through ``conv_to_datapoints(act, pool, max_positions)`` with the
+settings given here (position subsampling is seeded with the batch index, so the layers of a
+group with the same grid get the same positions). Statistics merge exactly across processes
+(``merge``; ``all_reduce`` for torch.distributed) and save / load with ``save`` / ``load``.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from transfusion.errors import InputError
+from transfusion.ops import gram as _gram
+from transfusion.ops.datapoints import conv_to_datapoints
+from transfusion.ops.similarity import (AUTO_MAX_CONDITION, DEFAULT_RTOL, METHODS, SimilarityResult, as_tensor, check_finite,
+                                   finalise_many, moments_from_sums)
+
+FORMAT = "transfusion-cca-statistics"
+STREAM_CHUNK_ROWS = 2048
+
+
+@dataclass
+class _Group:
+    layers: list[str]
+    widths: list[int] | None = None
+    n: int = 0
+    batches: int = 0
+    dtype: str = ""
+    shift: torch.Tensor | None = None
+    colsum: torch.Tensor | None = None
+    gram: torch.Tensor | None = None
+    pending: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def span(self, name: str) -> slice:
+        i = self.layers.index(name)
+        o = sum(self.widths[:i])
+        return slice(o, o + self.widths[i])
+
+
+def _rebase(n: int, shift: torch.Tensor, colsum: torch.Tensor, gram: torch.Tensor,
+            new_shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same statistics expressed around another shift (exact in float64)."""
+    d = shift - new_shift  # x - new = (x - shift) + d
+    gram = gram + torch.outer(colsum, d) + torch.outer(d, colsum) + n * torch.outer(d, d)
+    return colsum + n * d, gram
+
+
+class CCAStatistics:
+    """Float64 sufficient statistics of many layers, for (SV)CCA / PWCCA / CKA of any pair."""
+
+    def __init__(self, groups: Mapping[str, Sequence[str]] | Sequence[Sequence[str]] | Sequence[str] | None = None,
+                 *, pool: int | tuple[int, int] | None = None, max_positions: int | None = None,
+                 chunk_rows: int = STREAM_CHUNK_ROWS, precision: str = "float64") -> None:
+        if precision not in ("float32", "float64"):
+            raise InputError(f"precision must be 'float32' or 'float64', got {precision!r}")
+        self.precision = precision
+        self.pool = pool
+        self.max_positions = max_positions
+        self.chunk_rows = int(chunk_rows)
+        self._groups: dict[str, _Group] = {}
+        self._group_of: dict[str, str] = {}
+        self._declared = groups is not None
+        if groups is None:
+            return
+        if isinstance(groups, Mapping):
+            named = {str(k): list(v) for k, v in groups.items()}
+        elif groups and all(isinstance(g, str) for g in groups):
+            named = {"joint": list(groups)}
+        else:
+            named = {f"group{i}": list(g) for i, g in enumerate(groups)}
+        for gname, layers in named.items():
+            if not layers:
+                raise InputError(f"group {gname!r} has no layers")
+            self._add_group(gname, layers)
+
+    def _add_group(self, gname: str, layers: list[str]) -> None:
+        for layer in layers:
+            if layer in self._group_of:
+                raise InputError(f"layer {layer!r} is in two groups ({self._group_of[layer]!r} and "
+                                 f"{gname!r}); a layer belongs to one group")
+            self._group_of[layer] = gname
+        self._groups[gname] = _Group(layers=list(layers))
+
+    # ---- accumulation ----------------------------------------------------------------------------
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self._group_of)
+
+    def _group(self, name: str) -> _Group:
+        if name not in self._group_of:
+            if self._declared:
+                raise InputError(f"layer {name!r} is in no declared group; declared: {self.layers}")
+            self._add_group(name, [name])
+        return self._groups[self._group_of[name]]
+
+    def _datapoints(self, act: Any, group: _Group) -> torch.Tensor:
+        t = as_tensor(act, "activations")
+        if t.dim() != 2:
+            t = conv_to_datapoints(t, pool=self.pool, max_positions=self.max_positions,
+                                   seed=group.batches, warn=False)
+        return t
+
+    @torch.compiler.disable
+    def update(self, name: str, activations: Any) -> None:
+        """Add one batch of one layer: (batch, neurons), or (N, C, H, W) conv activations."""
+        group = self._group(name)
+        if name in group.pending:
+            missing = [m for m in group.layers if m not in group.pending]
+            raise InputError(
+                f"layer {name!r} got a second batch before {missing} got the first one; all layers "
+                f"of a group must see the same batches (or use update_many)")
+        group.pending[name] = self._datapoints(activations, group)
+        if len(group.pending) == len(group.layers):
+            xs = [group.pending.pop(m) for m in group.layers]
+            self._fold(group, xs)
+
+    @torch.compiler.disable
+    def update_many(self, batch: Mapping[str, Any]) -> None:
+        """Add one batch of several layers at once (each group present must be complete)."""
+        for name, act in batch.items():
+            self.update(name, act)
+
+    def _fold(self, group: _Group, xs: list[torch.Tensor]) -> None:
+        rows = {m: x.shape[0] for m, x in zip(group.layers, xs)}
+        if len(set(rows.values())) != 1:
+            raise InputError(
+                f"layers of one group got different numbers of datapoints in a batch: {rows}; "
+                f"pool conv layers to one grid (CCAStatistics(pool=...)) so rows match")
+        widths = [x.shape[1] for x in xs]
+        if group.widths is None:
+            group.widths = widths
+            dt = _gram.compute_dtype(xs, self.precision)
+            group.shift = _gram.first_chunk_shift(xs, self.chunk_rows, dt).to(xs[0].device)
+            total = sum(widths)
+            group.colsum = torch.zeros(total, dtype=torch.float64, device=xs[0].device)
+            group.gram = torch.zeros(total, total, dtype=torch.float64, device=xs[0].device)
+            group.dtype = str(dt).replace("torch.", "")
+        elif widths != group.widths:
+            raise InputError(f"widths changed between batches: {widths} vs {group.widths} for {group.layers}")
+        gram, colsum = _gram.gram_pass(xs, group.shift, self.chunk_rows, cross=len(xs) > 1,
+                                       dtype=getattr(torch, group.dtype))
+        check_finite(colsum, gram, [(f"layer {m!r}", group.span(m)) for m in group.layers])
+        group.gram += gram.to(group.gram.device)
+        group.colsum += colsum.to(group.colsum.device)
+        group.n += int(xs[0].shape[0])
+        group.batches += 1
+
+    def attach(self, modules: Mapping[str, torch.nn.Module]) -> list[Any]:
+        """Forward hooks that feed each module's output to ``update(name, output)``; returns handles
+        (call ``.remove()`` on each when done)."""
+        def make(name: str):
+            def hook(_module, _inputs, output):
+                self.update(name, output.detach())
+            return hook
+        return [m.register_forward_hook(make(name)) for name, m in modules.items()]
+
+    # ---- queries -----------------------------------------------------------------------------------
+
+    def n(self, name: str) -> int:
+        return self._group(name).n
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the statistics (Grams + sums + shifts)."""
+        return sum(t.numel() * t.element_size() for g in self._groups.values()
+                   for t in (g.gram, g.colsum, g.shift) if t is not None)
+
+    def _moments(self, a: str, b: str):
+        for name in (a, b):
+            if name not in self._group_of:
+                raise InputError(f"no statistics for layer {name!r}; layers: {self.layers}")
+        ga, gb = self._group_of[a], self._group_of[b]
+        if ga != gb:
+            raise InputError(
+                f"layers {a!r} and {b!r} were accumulated in different groups ({ga!r}, {gb!r}), so "
+                f"their cross-products are unknown; declare them in one group: "
+                f"CCAStatistics(groups=[[{a!r}, {b!r}, ...]])")
+        g = self._groups[ga]
+        if g.pending:
+            raise InputError(f"group {ga!r} has an incomplete batch (got {sorted(g.pending)}, "
+                             f"waiting for the others of {g.layers})")
+        if g.n < 2:
+            raise InputError(f"need at least 2 datapoints for {a!r} and {b!r}, have {g.n}")
+        return moments_from_sums(g.n, g.shift, g.colsum, g.gram, g.span(a), g.span(b), g.dtype)
+
+    def similarity(self, a: str | Sequence[str], b: str | Sequence[str], method: str = "svcca",
+                   keep: float = 0.99, rtol: float = DEFAULT_RTOL):
+        """One result for two layer names; for two lists of names, a list of results per pair
+        (zip), with the eigendecompositions batched."""
+        if method not in METHODS:
+            raise InputError(f"method must be one of {METHODS}, got {method!r}")
+        batched = not isinstance(a, str)
+        pairs = list(zip(a, b)) if batched else [(a, b)]
+        results = finalise_many(method, [self._moments(x, y) for x, y in pairs], keep, rtol)
+        for (x, y), r in zip(pairs, results):
+            if r.dtype == "float32" and r.condition is not None and r.condition > AUTO_MAX_CONDITION:
+                warnings.warn(
+                    f"{method}({x!r}, {y!r}): statistics were accumulated with float32 GEMMs and "
+                    f"the kept directions' condition is {r.condition:.3g}; the result may be off by "
+                    f"about {3e-11 * r.condition:.1g}. Accumulate with precision='float64'.",
+                    RuntimeWarning, stacklevel=2)
+        return results if batched else results[0]
+
+    def svcca(self, a, b, keep: float = 0.99, rtol: float = DEFAULT_RTOL) -> SimilarityResult:
+        return self.similarity(a, b, "svcca", keep, rtol)
+
+    def cca(self, a, b, rtol: float = DEFAULT_RTOL) -> SimilarityResult:
+        return self.similarity(a, b, "cca", rtol=rtol)
+
+    def pwcca(self, a, b, rtol: float = DEFAULT_RTOL) -> SimilarityResult:
+        return self.similarity(a, b, "pwcca", rtol=rtol)
+
+    def cka(self, a, b) -> SimilarityResult:
+        return self.similarity(a, b, "cka")
+
+    # ---- merging, distributed, files ------------------------------------------------------------
+
+    def merge(self, other: "CCAStatistics") -> "CCAStatistics":
+        """Add another accumulator's statistics (same groups; e.g. from another process)."""
+        for gname, og in other._groups.items():
+            if og.n == 0:
+                continue
+            if gname not in self._groups:
+                if self._declared:
+                    raise InputError(f"group {gname!r} of the other statistics is not declared here")
+                self._add_group(gname, og.layers)
+            g = self._groups[gname]
+            if g.layers != og.layers:
+                raise InputError(f"group {gname!r} has layers {og.layers} there and {g.layers} here")
+            if g.n == 0:
+                g.widths, g.dtype = list(og.widths), og.dtype
+                g.shift, g.colsum, g.gram = og.shift.clone(), og.colsum.clone(), og.gram.clone()
+            else:
+                if og.widths != g.widths:
+                    raise InputError(f"group {gname!r}: widths {og.widths} there, {g.widths} here")
+                colsum, gram = _rebase(og.n, og.shift.to(g.shift.device), og.colsum.to(g.shift.device),
+                                       og.gram.to(g.shift.device), g.shift)
+                g.colsum += colsum
+                g.gram += gram
+            g.n += og.n
+            g.batches += og.batches
+        return self
+
+    def all_reduce(self, group: Any = None) -> "CCAStatistics":
+        """Sum the statistics over the processes of a torch.distributed group (in place).
+
+        Every process must have accumulated every group (same layers, same widths). The shift of
+        the group's first rank is broadcast and each process re-expresses its sums around it
+        before the sums are all-reduced; the result is exact, as if one process saw all batches.
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise InputError("all_reduce needs torch.distributed to be initialised (init_process_group)")
+        src = dist.get_global_rank(group, 0) if group is not None else 0
+        for gname in sorted(self._groups):
+            g = self._groups[gname]
+            if g.pending:
+                raise InputError(f"group {gname!r} has an incomplete batch; finish it before all_reduce")
+            dev = g.gram.device if g.gram is not None else torch.device("cpu")
+            have = torch.tensor([1.0 if g.n > 0 else 0.0], dtype=torch.float64, device=dev)
+            dist.all_reduce(have, op=dist.ReduceOp.MIN, group=group)
+            if have.item() == 0:
+                raise InputError(f"group {gname!r} has no data on some process; every process must "
+                                 f"feed every group before all_reduce")
+            shift = g.shift.clone()
+            dist.broadcast(shift, src=src, group=group)
+            g.colsum, g.gram = _rebase(g.n, g.shift, g.colsum, g.gram, shift)
+            g.shift = shift
+            count = torch.tensor([float(g.n), float(g.batches)], dtype=torch.float64, device=dev)
+            for t in (g.colsum, g.gram, count):
+                dist.all_reduce(t, group=group)
+            g.n, g.batches = int(count[0].item()), int(count[1].item())
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        groups = {}
+        for gname, g in self._groups.items():
+            groups[gname] = {
+                "layers": list(g.layers), "widths": g.widths, "n": g.n, "batches": g.batches,
+                "dtype": g.dtype,
+                **{k: None if getattr(g, k) is None else getattr(g, k).detach().cpu()
+                   for k in ("shift", "colsum", "gram")},
+            }
+        return {"format": FORMAT, "version": 1, "declared": self._declared, "pool": self.pool,
+                "precision": self.precision,
+                "max_positions": self.max_positions, "chunk_rows": self.chunk_rows, "groups": groups}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the statistics (torch.save, atomically); ``CCAStatistics.load`` reads them."""
+        from transfusion.utils import atomic_torch_save
+
+        if any(g.pending for g in self._groups.values()):
+            raise InputError("a group has an incomplete batch; finish it before saving")
+        atomic_torch_save(path, self.state_dict())
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> "CCAStatistics":
+        if state.get("format") != FORMAT:
+            raise InputError(f"not a CCAStatistics file (format {state.get('format')!r})")
+        groups = {k: v["layers"] for k, v in state["groups"].items()}
+        stats = cls(groups if state["declared"] else None, pool=state["pool"],
+                    max_positions=state["max_positions"], chunk_rows=state["chunk_rows"],
+                    precision=state.get("precision", "float64"))
+        for gname, v in state["groups"].items():
+            if gname not in stats._groups:
+                stats._add_group(gname, v["layers"])
+            g = stats._groups[gname]
+            g.widths, g.n, g.batches, g.dtype = v["widths"], v["n"], v["batches"], v["dtype"]
+            g.shift, g.colsum, g.gram = v["shift"], v["colsum"], v["gram"]
+        return stats
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "CCAStatistics":
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+        except FileNotFoundError:
+            raise InputError(f"no CCAStatistics file at {path}") from None
+        return cls.from_state_dict(state)
+
+    def __repr__(self) -> str:
+        parts = [f"{k}: {g.layers} n={g.n}" for k, g in self._groups.items()]
+        return f"CCAStatistics({'; '.join(parts)}; {self.memory_bytes() / 2**20:.1f} MiB)"

@@ -1,0 +1,373 @@
+"""(SV)CCA, PWCCA and linear CKA between two layers' activations, fast and in float64 where it counts.
+
+    >>> r = svcca(x, y)            # x (n, a), y (n, b): datapoints by neurons
+    >>> r.mean, r.coefficients, r.kept
+    >>> svcca([x1, x2], [y1, y2])  # batched: a list of results, pairs of any widths
+
+How: one pass over the n datapoints computes the float64 cross-product statistics of [x, y]
+(``transfusion.ops.gram``: shifted float32 GEMMs per chunk, accumulated in float64); everything
+after that works on (a+b)^2 numbers in float64:
+
+  * each side: eigendecomposition of its centred covariance C = V diag(l) V^T. SVCCA keeps the
+    fewest top directions whose variances l reach ``keep`` of the total (PAPER.md: 99%); CCA keeps
+    every direction of the standardised covariance (each neuron scaled to unit variance) whose
+    variance exceeds ``rtol`` times the largest. ``rtol`` is the only regularisation: directions
+    below it are treated as absent (rank deficiency: dead units, duplicated neurons, n close to a),
+    so a rank-deficient layer gives the correlations of the subspace that exists, never NaN.
+    Neurons whose variation is below 1e-6 of their magnitude (constant, dead) are dropped.
+  * W = V_k diag(l_k)^-1/2 whitens the kept directions, so Q = X_c W is an orthonormal basis; the
+    canonical correlations are the singular values of W_x^T C_xy W_y (= Q_x^T Q_y).
+  * PWCCA (Morcos et al. 2018) weights correlation i by alpha_i = sum_j |<h_i, x_j>| with h_i the
+    unit-norm canonical variate of x and x_j the centred neurons of x; weights from the FIRST
+    argument, as in google/svcca's compute_pwcca (swap the arguments for the other side).
+    When correlations repeat (e.g. n - 1 < a + b gives many exact 1s) the canonical variates,
+    hence the weights, are not unique: PWCCA is then ill-defined (finite, but basis-dependent).
+  * linear CKA (Kornblith et al. 2019) = ||C_xy||_F^2 / (||C_xx||_F ||C_yy||_F).
+
+The float64 oracle is ``transfusion.ops.reference_cca`` (QR/SVD on the full data).
+Differences to google/svcca's ``cca_core.get_cca_similarity``: (n, neurons) layout by default
+(``layout="neurons_first"`` takes theirs), no epsilon added to the covariances (``rtol`` instead),
+and ``mean`` is the mean of all canonical correlations (theirs uses a 0.98 cumulative threshold).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from transfusion.errors import InputError
+from transfusion.ops import gram as _gram
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RTOL = 1e-6
+# precision="auto": above this ratio of largest to smallest kept variance, a float32 Gram pass is
+# redone in float64 (measured: float32 Grams cost about 3e-11 x condition on the mean correlation).
+AUTO_MAX_CONDITION = 3e3
+# A neuron whose variance is below CONSTANT_TOL * (mean^2 + variance) is constant (or dead).
+CONSTANT_TOL = 1e-12
+LAYOUTS = ("datapoints_first", "neurons_first")
+METHODS = ("svcca", "cca", "pwcca", "cka")
+
+
+@dataclass
+class SimilarityResult:
+    """One similarity between two layers.
+
+    method: "svcca" | "cca" | "pwcca" | "cka"; mean: the similarity (mean canonical correlation;
+    for pwcca the projection-weighted mean; for cka the CKA value); coefficients: canonical
+    correlations, descending, float64 on the CPU (empty for cka); kept: directions kept per side
+    (cka: the widths); n: datapoints; dtype: the dtype of the Gram pass; weights: pwcca's alphas.
+    """
+
+    method: str
+    mean: float
+    coefficients: torch.Tensor
+    kept: tuple[int, int]
+    n: int
+    dtype: str
+    keep: float | None = None
+    rtol: float | None = None
+    condition: float | None = None  # largest / smallest kept variance, worst side
+    weights: torch.Tensor | None = field(default=None, repr=False)
+
+    def __float__(self) -> float:
+        return float(self.mean)
+
+    def __repr__(self) -> str:
+        c = self.coefficients.tolist()
+        shown = ", ".join(f"{v:.4f}" for v in (c if len(c) <= 6 else c[:3] + c[-2:]))
+        if len(c) > 6:
+            shown = shown.rsplit(", ", 2)[0] + ", ..., " + ", ".join(f"{v:.4f}" for v in c[-2:])
+        return (f"SimilarityResult(method={self.method!r}, mean={self.mean:.6f}, n={self.n}, "
+                f"kept={self.kept}, dtype={self.dtype}, coefficients=[{shown}] ({len(c)}))")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method, "mean": float(self.mean), "n": int(self.n),
+            "kept": list(self.kept), "dtype": self.dtype, "keep": self.keep, "rtol": self.rtol,
+            "condition": self.condition,
+            "coefficients": [float(v) for v in self.coefficients.tolist()],
+            "weights": None if self.weights is None else [float(v) for v in self.weights.tolist()],
+        }
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SimilarityResult":
+        return cls(method=d["method"], mean=float(d["mean"]),
+                   coefficients=torch.tensor(d["coefficients"], dtype=torch.float64),
+                   kept=tuple(d["kept"]), n=int(d["n"]), dtype=d["dtype"], keep=d.get("keep"),
+                   rtol=d.get("rtol"), condition=d.get("condition"),
+                   weights=None if d.get("weights") is None else torch.tensor(d["weights"], dtype=torch.float64))
+
+
+@dataclass
+class Moments:
+    """Centred float64 statistics of a pair of layers: all the similarity ops need."""
+
+    n: int
+    mean_x: torch.Tensor
+    mean_y: torch.Tensor
+    cxx: torch.Tensor  # sum over datapoints of (x - mean)(x - mean)^T
+    cyy: torch.Tensor
+    cxy: torch.Tensor
+    dtype: str
+
+
+def moments_from_sums(n: int, shift: torch.Tensor, colsum: torch.Tensor, gram: torch.Tensor,
+                      sx: slice, sy: slice, dtype: str) -> Moments:
+    """Centre the shifted sums of a joint Gram for the columns sx (x side) and sy (y side)."""
+    def block(a: slice, b: slice) -> torch.Tensor:
+        return gram[a, b] - torch.outer(colsum[a], colsum[b]) / n
+
+    cxx, cyy = block(sx, sx), block(sy, sy)
+    mean = shift + colsum / n
+    return Moments(n, mean[sx], mean[sy], (cxx + cxx.T) / 2, (cyy + cyy.T) / 2, block(sx, sy), dtype)
+
+
+# ---- inputs ---------------------------------------------------------------------------------------
+
+def as_tensor(a: Any, what: str) -> torch.Tensor:
+    """A torch view of a tensor / numpy / cupy (DLPack) array, zero-copy where possible."""
+    if isinstance(a, torch.Tensor):
+        t = a
+    elif hasattr(a, "__dlpack__") and type(a).__module__.split(".")[0] != "numpy":
+        t = torch.from_dlpack(a)  # cupy, jax, ...: stays on its device
+    else:
+        import numpy as np
+
+        arr = np.asarray(a)
+        if not arr.flags.writeable:
+            arr = arr.copy()
+        t = torch.from_numpy(arr)
+    t = t.detach()
+    if t.is_complex():
+        raise InputError(f"{what} is complex ({t.dtype}); CCA needs real activations")
+    if not t.is_floating_point():
+        t = t.to(torch.float32)
+    return t
+
+
+def _prepare(x: Any, y: Any, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if layout not in LAYOUTS:
+        raise InputError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    x, y = as_tensor(x, "x"), as_tensor(y, "y")
+    for name, t in (("x", x), ("y", y)):
+        if t.dim() != 2:
+            hint = (" Conv activations (N, C, H, W): use transfusion.ops.conv_to_datapoints first."
+                    if t.dim() == 4 else "")
+            raise InputError(f"{name} must be 2-D (datapoints, neurons), got shape {tuple(t.shape)}.{hint}")
+    if layout == "neurons_first":
+        x, y = x.T, y.T
+    if x.shape[0] != y.shape[0]:
+        raise InputError(
+            f"x and y must have the same number of datapoints (rows), got {x.shape[0]} and "
+            f"{y.shape[0]}; feed both layers the same inputs (and pool conv layers to one grid). "
+            f"For google/svcca's (neurons, datapoints) arrays pass layout='neurons_first'.")
+    if x.shape[0] < 2:
+        raise InputError(f"need at least 2 datapoints, got {x.shape[0]}")
+    if x.shape[1] == 0 or y.shape[1] == 0:
+        raise InputError(f"x and y need at least one neuron each, got widths {x.shape[1]}, {y.shape[1]}")
+    if x.device != y.device:
+        raise InputError(f"x is on {x.device} and y on {y.device}: move them to one device")
+    return x, y
+
+
+def check_finite(colsum: torch.Tensor, gram: torch.Tensor, spans: Sequence[tuple[str, slice]]) -> None:
+    """NaN / Inf anywhere in the data shows in the column sums or the Gram diagonal (free check)."""
+    diag = torch.diagonal(gram)
+    bad = ~(torch.isfinite(colsum) & torch.isfinite(diag))
+    if bool(bad.any()):
+        for name, s in spans:
+            cols = torch.nonzero(bad[s]).flatten().tolist()
+            if cols:
+                raise InputError(
+                    f"{name} contains NaN or Inf (or values whose squares overflow float32) in "
+                    f"neuron(s) {cols[:10]}{' ...' if len(cols) > 10 else ''}; clean the "
+                    f"activations (e.g. torch.nan_to_num) or pass float64")
+        raise InputError("the activations contain NaN or Inf")
+
+
+def pair_moments(x: torch.Tensor, y: torch.Tensor, chunk_rows: int = _gram.DEFAULT_CHUNK_ROWS,
+                 precision: str = "auto", use_kernel: bool | None = None) -> Moments:
+    """One Gram pass over [x, y] -> centred float64 moments (GEMMs in float32 unless
+    precision="float64" or an input is float64)."""
+    xs = [x, y]
+    dt = _gram.compute_dtype(xs, precision)
+    shift = _gram.first_chunk_shift(xs, chunk_rows, dt)
+    gram, colsum = _gram.gram_pass(xs, shift, chunk_rows, cross=True, dtype=dt, use_kernel=use_kernel)
+    a, b = x.shape[1], y.shape[1]
+    sx, sy = slice(0, a), slice(a, a + b)
+    check_finite(colsum, gram, [("x", sx), ("y", sy)])
+    dtype = str(dt).replace("torch.", "")
+    return moments_from_sums(x.shape[0], shift.to(gram.device), colsum, gram, sx, sy, dtype)
+
+
+# ---- finalisation ---------------------------------------------------------------------------------
+
+def _side_matrix(c: torch.Tensor, mean: torch.Tensor, n: int, standardise: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(matrix to decompose, kept neuron indices, their scale)."""
+    var = torch.diagonal(c).clamp_min(0) / n
+    valid = var > CONSTANT_TOL * (mean**2 + var)
+    idx = torch.nonzero(valid).flatten()
+    if standardise:
+        scale = torch.rsqrt(torch.diagonal(c)[idx])
+    else:
+        scale = torch.ones(idx.numel(), dtype=c.dtype, device=c.device)
+    m = c[idx][:, idx] * torch.outer(scale, scale)
+    return m, idx, scale
+
+
+def _eigh_many(mats: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Eigendecompositions (descending) of symmetric matrices; same-shape ones in one batched call."""
+    out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(mats)
+    groups: dict[tuple, list[int]] = {}
+    for i, m in enumerate(mats):
+        groups.setdefault((tuple(m.shape), m.device), []).append(i)
+    for (shape, _), idx in groups.items():
+        if shape[0] == 0:
+            for i in idx:
+                out[i] = (mats[i].new_zeros(0), mats[i].new_zeros(0, 0))
+            continue
+        lam, vec = torch.linalg.eigh(torch.stack([mats[i] for i in idx]))
+        for j, i in enumerate(idx):
+            out[i] = (lam[j].flip(0), vec[j].flip(1))
+    return out  # type: ignore[return-value]
+
+
+def _whitener(eig: tuple[torch.Tensor, torch.Tensor], idx: torch.Tensor, scale: torch.Tensor,
+              width: int, keep: float | None, rtol: float) -> tuple[torch.Tensor, float]:
+    """(W (width, k), condition): X_c W is an orthonormal basis of the kept directions;
+    condition = largest / smallest kept variance."""
+    lam, vec = eig
+    if lam.numel() == 0 or lam[0] <= 0:
+        return lam.new_zeros(width, 0), 1.0
+    k = int((lam > rtol * lam[0]).sum())
+    if keep is not None:
+        pos = lam.clamp_min(0)
+        frac = torch.cumsum(pos, 0) / pos.sum()
+        k = min(k, int((frac < keep - 1e-12).sum()) + 1)
+    w_kept = vec[:, :k] * torch.rsqrt(lam[:k]) * scale[:, None]
+    w = lam.new_zeros(width, k)
+    w[idx] = w_kept
+    return w, float(lam[0] / lam[k - 1])
+
+
+def finalise_many(method: str, moments: list[Moments], keep: float | None = 0.99,
+                  rtol: float = DEFAULT_RTOL) -> list[SimilarityResult]:
+    """Similarity results from moments; the eigendecompositions of equal-width sides are batched."""
+    if method not in METHODS:
+        raise InputError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "cka":
+        results = []
+        for m in moments:
+            den = torch.linalg.matrix_norm(m.cxx) * torch.linalg.matrix_norm(m.cyy)
+            val = float(torch.linalg.matrix_norm(m.cxy) ** 2 / den) if den > 0 else 0.0
+            results.append(SimilarityResult("cka", val, torch.zeros(0, dtype=torch.float64),
+                                            (m.cxx.shape[0], m.cyy.shape[0]), m.n, m.dtype))
+        return results
+    svd_keep = keep if method == "svcca" else None
+    standardise = method != "svcca"
+    sides = []
+    for m in moments:
+        sides.append(_side_matrix(m.cxx, m.mean_x, m.n, standardise))
+        sides.append(_side_matrix(m.cyy, m.mean_y, m.n, standardise))
+    eigs = _eigh_many([s[0] for s in sides])
+    results = []
+    for i, m in enumerate(moments):
+        wx, cond_x = _whitener(eigs[2 * i], sides[2 * i][1], sides[2 * i][2], m.cxx.shape[0], svd_keep, rtol)
+        wy, cond_y = _whitener(eigs[2 * i + 1], sides[2 * i + 1][1], sides[2 * i + 1][2], m.cyy.shape[0],
+                       svd_keep, rtol)
+        kept = (wx.shape[1], wy.shape[1])
+        r = min(kept)
+        weights = None
+        if r == 0:
+            log.warning("%s: a layer has no variance left (constant / dead); similarity set to 0", method)
+            rho = wx.new_zeros(0)
+            mean = 0.0
+        else:
+            u, rho, _ = torch.linalg.svd(wx.T @ m.cxy @ wy, full_matrices=False)
+            rho = rho[:r].clamp(0.0, 1.0)
+            mean = float(rho.mean())
+            if method == "pwcca":
+                alpha = (u[:, :r].T @ (wx.T @ m.cxx)).abs().sum(dim=1)
+                weights = (alpha / alpha.sum()).cpu()
+                mean = float((weights * rho.cpu()).sum())
+        results.append(SimilarityResult(method, mean, rho.cpu(), kept, m.n, m.dtype,
+                                        keep=svd_keep, rtol=rtol, condition=max(cond_x, cond_y),
+                                        weights=weights))
+    return results
+
+
+# ---- public API -----------------------------------------------------------------------------------
+
+def _run(method: str, x: Any, y: Any, keep: float | None, rtol: float, layout: str,
+         chunk_rows: int, precision: str) -> SimilarityResult | list[SimilarityResult]:
+    if keep is not None and not 0.0 < keep <= 1.0:
+        raise InputError(f"keep must be in (0, 1] (fraction of variance kept), got {keep}")
+    if not rtol >= 0 or math.isinf(rtol):
+        raise InputError(f"rtol must be a finite number >= 0, got {rtol}")
+    batched = isinstance(x, (list, tuple))
+    if batched != isinstance(y, (list, tuple)) or (batched and len(x) != len(y)):
+        raise InputError("for a batched call pass two lists of equal length (x_i paired with y_i)")
+    if precision not in _gram.PRECISIONS:
+        raise InputError(f"precision must be one of {_gram.PRECISIONS}, got {precision!r}")
+    pairs = [_prepare(xi, yi, layout) for xi, yi in (zip(x, y) if batched else [(x, y)])]
+    moments = [pair_moments(xt, yt, chunk_rows, precision) for xt, yt in pairs]
+    results = finalise_many(method, moments, keep, rtol)
+    if precision == "auto" and method != "cka":
+        # float32 Grams lose ~3e-11 x condition on the correlations: redo ill-conditioned pairs
+        # in float64 so the result stays within 1e-6 of the float64 reference.
+        redo = [i for i, r in enumerate(results)
+                if r.dtype == "float32" and r.condition is not None and r.condition > AUTO_MAX_CONDITION]
+        if redo:
+            exact = finalise_many(method, [pair_moments(*pairs[i], chunk_rows, "float64") for i in redo],
+                                  keep, rtol)
+            for i, r in zip(redo, exact):
+                results[i] = r
+    return results if batched else results[0]
+
+
+@torch.compiler.disable
+def svcca(x: Any, y: Any, keep: float = 0.99, *, rtol: float = DEFAULT_RTOL,
+          layout: str = "datapoints_first", chunk_rows: int = _gram.DEFAULT_CHUNK_ROWS,
+          precision: str = "auto"):
+    """SVCCA of x (n, a) and y (n, b): keep the top singular directions of each centred layer
+    that explain ``keep`` of its variance, then CCA; ``.mean`` is the mean canonical correlation.
+
+    x, y: torch tensors (any device, any float dtype), numpy or cupy arrays; or two lists of them
+    (batched: returns a list). ``layout="neurons_first"`` takes (neurons, datapoints) arrays as
+    google/svcca does. ``rtol``: directions with variance below rtol x the largest are dropped.
+    ``precision``: "auto" (float32 GEMMs, redone in float64 when the kept directions' condition
+    exceeds AUTO_MAX_CONDITION, so the mean stays within 1e-6 of the float64 reference),
+    "float32" (always fast) or "float64" (float64 GEMMs; always for float64 inputs).
+    """
+    return _run("svcca", x, y, keep, rtol, layout, chunk_rows, precision)
+
+
+@torch.compiler.disable
+def cca(x: Any, y: Any, *, rtol: float = DEFAULT_RTOL, layout: str = "datapoints_first",
+        chunk_rows: int = _gram.DEFAULT_CHUNK_ROWS, precision: str = "auto"):
+    """Plain CCA (no SVD truncation) of x (n, a) and y (n, b); see ``svcca`` for the arguments."""
+    return _run("cca", x, y, None, rtol, layout, chunk_rows, precision)
+
+
+@torch.compiler.disable
+def pwcca(x: Any, y: Any, *, rtol: float = DEFAULT_RTOL, layout: str = "datapoints_first",
+          chunk_rows: int = _gram.DEFAULT_CHUNK_ROWS, precision: str = "auto"):
+    """Projection-weighted CCA (Morcos et al. 2018), weights from x; see ``svcca``."""
+    return _run("pwcca", x, y, None, rtol, layout, chunk_rows, precision)
+
+
+@torch.compiler.disable
+def cka(x: Any, y: Any, *, layout: str = "datapoints_first",
+        chunk_rows: int = _gram.DEFAULT_CHUNK_ROWS, precision: str = "auto"):
+    """Linear CKA (Kornblith et al. 2019) of x (n, a) and y (n, b); see ``svcca``."""
+    return _run("cka", x, y, None, DEFAULT_RTOL, layout, chunk_rows, precision)
