@@ -10,7 +10,8 @@ Groups (one comparison each):
   * "gram pass 512+512 n=100k": our Gram pass (compiled op; the same scheme in torch ops) vs
     torch.mm float32 at the same shapes (the machine's matmul rate, measured in this run).
   * "streaming n=1M": CCAStatistics over 100 chunks of 10,000 rows, peak memory above the inputs
-    measured in a fresh subprocess from ru_maxrss (see _STREAM_SCRIPT).
+    measured in a fresh subprocess: VmHWM at the end minus the resident size once the inputs'
+    chunk exists (see _STREAM_SCRIPT).
 The ours-benchmark of each group runs last and prints the ratios (they also go to extra_info).
 """
 from __future__ import annotations
@@ -198,7 +199,7 @@ _STREAM_SCRIPT = textwrap.dedent("""
     del z
     import os
     # Baseline: the CURRENT resident size with the inputs' chunk allocated (not the high-water mark,
-    # which may include freed temporaries); peak: ru_maxrss at the end. The difference is an upper
+    # which may include freed temporaries); peak: VmHWM at the end. The difference is an upper
     # bound of the extra memory the accumulator needed at its peak (it also counts MKL's buffers).
     before = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024  # KiB
     stats = CCAStatistics(groups=[["a", "b"]], precision=precision)
@@ -208,7 +209,9 @@ _STREAM_SCRIPT = textwrap.dedent("""
         stats.update("b", chunk["b"])
     r = stats.svcca("a", "b")
     seconds = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # VmHWM, not ru_maxrss: ru_maxrss survives exec, so a child of a big pytest process reports
+    # its parent's high-water mark (measured: 2.9 GB "peak" that was the parent's).
+    peak = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")][0]  # KiB
     print(json.dumps({"n": stats.n("a"), "seconds": seconds, "peak_above_inputs_MiB": (peak - before) / 1024,
                       "stats_MiB": stats.memory_bytes() / 2**20, "svcca": r.mean, "precision": precision}))
 """)
