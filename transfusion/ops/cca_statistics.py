@@ -41,7 +41,7 @@ from transfusion.errors import InputError
 from transfusion.ops import gram as _gram
 from transfusion.ops.datapoints import conv_to_datapoints
 from transfusion.ops.similarity import (AUTO_MAX_CONDITION, DEFAULT_RTOL, METHODS, SimilarityResult, as_tensor, check_finite,
-                                   finalise_many, moments_from_sums)
+                                   _small_linalg_threads, finalise_many, moments_from_sums)
 
 FORMAT = "transfusion-cca-statistics"
 STREAM_CHUNK_ROWS = 2048
@@ -219,7 +219,9 @@ class CCAStatistics:
             raise InputError(f"method must be one of {METHODS}, got {method!r}")
         batched = not isinstance(a, str)
         pairs = list(zip(a, b)) if batched else [(a, b)]
-        results = finalise_many(method, [self._moments(x, y) for x, y in pairs], keep, rtol)
+        moments = [self._moments(x, y) for x, y in pairs]
+        with _small_linalg_threads(moments[0].cxx.device):
+            results = finalise_many(method, moments, keep, rtol)
         for (x, y), r in zip(pairs, results):
             if r.dtype == "float32" and r.condition is not None and r.condition > AUTO_MAX_CONDITION:
                 warnings.warn(

@@ -23,7 +23,7 @@ import torch
 from transfusion import _extension
 
 _OP = "transfusion::gram_pass"
-DEFAULT_CHUNK_ROWS = 8192
+DEFAULT_CHUNK_ROWS = 32768  # measured: per-GEMM overhead drops from 8192 to 32768 rows
 
 
 PRECISIONS = ("auto", "float32", "float64")
