@@ -1,0 +1,1 @@
+"""Tables, figures and report.md, built only from run folders and results files."""
