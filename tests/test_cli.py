@@ -35,3 +35,18 @@ def test_check_runs_the_compiled_op_against_its_reference():
     result = runner.invoke(app, ["check", "--size", "9"])
     assert result.exit_code == 0, result.output
     assert "max |error|" in result.output
+
+
+def test_user_errors_are_one_line_not_a_traceback(tmp_path):
+    """The console entry point turns a TransfusionError into 'error: ...' on stderr, exit 2."""
+    import subprocess
+    import sys
+
+    code = "import sys; from transfusion.cli import main; sys.argv = sys.argv[1:]; main()"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "transfusion", "run", "performance", "--data-dir",
+         str(tmp_path / "missing")],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and "does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr

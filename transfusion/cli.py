@@ -130,8 +130,21 @@ _register_experiments(app, run_app)
 # --- end experiments stream ---
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app()
+def main() -> None:
+    """Console entry point: an error the user can act on is one line on stderr (exit 2), not a
+    traceback; set TRANSFUSION_DEBUG=1 for the traceback."""
+    import os
+    import sys
+
+    from transfusion.errors import TransfusionError
+
+    try:
+        app()
+    except TransfusionError as exc:
+        if os.environ.get("TRANSFUSION_DEBUG") == "1":
+            raise
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
 
 
 if __name__ == "__main__":  # pragma: no cover
