@@ -47,3 +47,20 @@ def test_bad_settings_say_what_to_do(tmp_path):
     f = tmp_path / "w.pth"
     f.write_bytes(b"x")
     assert parse_pretrained([f"ResNet-50={f}"]) == {"resnet50": str(f)}
+
+
+def test_demo_resnet_speed_experiments_share_longer_runs_pretraining_and_their_threshold(tmp_path):
+    """weight-transfusion, gabor and mean-var (resnet50_narrow) need ~350-650 steps to pass 0.8
+    AUC on the synthetic fundus set: with the CBRs' 200 steps and 0.85 their figures were empty.
+    They must use the same steps/eval cadence/pretraining so their runs are shared."""
+    from transfusion.experiments.engine import pretrain_spec
+
+    cfgs = [make_config(e, preset="demo", cache=str(tmp_path))
+            for e in ("weight-transfusion", "gabor", "mean-var")]
+    for c in cfgs:
+        assert (c.steps, c.eval_every, c.pretrain_steps, c.threshold) == (800, 50, 800, 0.8)
+        assert "0.8" in c.threshold_note
+    assert len({pretrain_spec(c, "resnet50_narrow").run_id for c in cfgs}) == 1
+    perf = make_config("performance", preset="demo")
+    assert (perf.steps, perf.threshold) == (200, 0.85)
+    assert make_config("weight-transfusion", preset="demo", steps=300, threshold=0.7).threshold == 0.7

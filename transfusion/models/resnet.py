@@ -49,15 +49,19 @@ class Bottleneck(nn.Module):
 
 class ResNet(StagedModel):
     """Bottleneck ResNet with torchvision's keys. ``stem``: conv1 channels; ``planes``: the
-    bottleneck width of layer1..layer4 (outputs are 4x that)."""
+    bottleneck width of layer1..layer4 (outputs are 4x that). ``zero_init_residual``: start
+    every block's last BN weight (``bn3.weight``) at 0, so each block begins as the identity
+    (torchvision's option of that name; Goyal et al. 2017)."""
 
     head_prefix = "fc"
     first_conv_key = "conv1.weight"
 
     def __init__(self, num_classes: int, in_channels: int = 3, stem: int = 64,
                  planes: tuple[int, int, int, int] = (64, 128, 256, 512),
-                 blocks: tuple[int, int, int, int] = (3, 4, 6, 3)) -> None:
+                 blocks: tuple[int, int, int, int] = (3, 4, 6, 3),
+                 zero_init_residual: bool = False) -> None:
         super().__init__()
+        self.zero_init_residual = zero_init_residual
         self.conv1 = nn.Conv2d(in_channels, stem, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(stem)
         self.relu = nn.ReLU(inplace=True)
@@ -85,7 +89,8 @@ class ResNet(StagedModel):
         self.init_weights()
 
     def init_weights(self) -> None:
-        """torchvision's init: He normal (fan_out) convs, BN 1/0, default Linear head."""
+        """torchvision's init: He normal (fan_out) convs, BN 1/0, default Linear head; with
+        ``zero_init_residual`` each bottleneck's ``bn3.weight`` is 0 instead of 1."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -95,6 +100,10 @@ class ResNet(StagedModel):
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
                 m.reset_parameters()
+        if self.zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, Bottleneck):
+                    nn.init.zeros_(m.bn3.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -113,5 +122,11 @@ def resnet50_slim(num_classes: int, in_channels: int = 3) -> ResNet:
 
 
 def resnet50_narrow(num_classes: int, in_channels: int = 3) -> ResNet:
-    """ResNet50's layout with a quarter of the channels everywhere (CPU demos)."""
-    return ResNet(num_classes, in_channels, stem=16, planes=(16, 32, 64, 128))
+    """ResNet50's layout with a quarter of the channels everywhere (CPU demos), with
+    ``zero_init_residual``: without it this thin 16-block network barely trains in the few
+    hundred Adam steps (batch 8) of a CPU demo — measured on the synthetic sets at 32 px,
+    200 steps: 10-class natural-image accuracy 0.33 (0.89 with it; CBR-Tiny 0.89) and
+    referable-DR AUC ~0.5 (training loss flat at the class prior). The full-width models keep
+    torchvision's default (1.0) so that they match the paper's standard init."""
+    return ResNet(num_classes, in_channels, stem=16, planes=(16, 32, 64, 128),
+                  zero_init_residual=True)
