@@ -68,3 +68,17 @@ class StagedModel(nn.Module):
 
     def init_weights(self) -> None:  # pragma: no cover - every subclass overrides
         raise NotImplementedError
+
+
+def he_init_(model: nn.Module) -> None:
+    """torchvision's standard init, the paper's "random": He normal (fan_out, ReLU) for convs,
+    BN weight 1 and bias 0 with fresh running statistics, PyTorch's default for Linear layers."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            m.reset_parameters()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from transfusion.models.base import StagedModel
+from transfusion.models.base import StagedModel, he_init_
 from transfusion.ops import CBR2d
 
 
@@ -67,15 +67,7 @@ class CBRNet(StagedModel):
 
     def init_weights(self) -> None:
         """He (fan_out, ReLU) for convs, BN weight 1 bias 0, PyTorch's default for the head."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                m.reset_running_stats()
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                m.reset_parameters()
+        he_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for name in self._order:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from transfusion.models.base import StagedModel
+from transfusion.models.base import StagedModel, he_init_
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -91,15 +91,7 @@ class ResNet(StagedModel):
     def init_weights(self) -> None:
         """torchvision's init: He normal (fan_out) convs, BN 1/0, default Linear head; with
         ``zero_init_residual`` each bottleneck's ``bn3.weight`` is 0 instead of 1."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                m.reset_running_stats()
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                m.reset_parameters()
+        he_init_(self)
         if self.zero_init_residual:
             for m in self.modules():
                 if isinstance(m, Bottleneck):
