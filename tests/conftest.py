@@ -1,26 +1,8 @@
-"""Shared test configuration: deterministic seeds and a few helpers."""
+"""Shared test fixtures (the CUDA-marker hook lives in the repository's root conftest.py)."""
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import pytest
 import torch
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# Real published label files live in ../shared/data beside the checkout (CI clones the same way).
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-
-
-
-def pytest_collection_modifyitems(config, items):
-    """Tests marked @pytest.mark.cuda skip cleanly where no CUDA device is visible."""
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device (none visible)")
-    for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)
@@ -30,9 +12,10 @@ def _seed_everything():
 
 
 @pytest.fixture
-def cli_env(tmp_path):
-    """Environment for running the CLI in a subprocess: no TTY colours, a private cwd."""
-    env = dict(os.environ)
-    env["NO_COLOR"] = "1"
-    env["COLUMNS"] = "120"
-    return env
+def one_torch_thread():
+    """One torch thread for the test: on a shared small CPU, OpenMP's spinning threads slow
+    small training loops about 10x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

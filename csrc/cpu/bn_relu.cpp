@@ -8,6 +8,7 @@
 
 #include <tuple>
 
+#include "transfusion/bn_relu_backward.h"
 #include "transfusion/cpu_dispatch.h"
 
 TRANSFUSION_DECLARE_CPU_KERNEL(void, scale_shift_relu_kernel, const at::Tensor& x,
@@ -86,17 +87,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward(
   at::Tensor sum_g = at::empty({c}, x.options().dtype(at::kDouble));
   at::Tensor sum_gx = at::empty({c}, x.options().dtype(at::kDouble));
   TRANSFUSION_CPU_KERNEL(bn_relu_backward_reduce_kernel)(gc, xc, yc, mean_c, sum_g, sum_gx, cl);
-  // grad_x = k * (g_masked - sum_g / M - (x - mean) * invstd^2 * sum_gx / M)
-  //        = g_masked * k + x * p + q
-  const at::Tensor inv = invstd.to(at::kDouble);
-  const at::Tensor k = weight.to(at::kDouble) * inv;
-  const at::Tensor b = inv * inv * sum_gx / count;
-  const at::Tensor p = -k * b;
-  const at::Tensor q = k * (b * mean.to(at::kDouble) - sum_g / count);
+  const auto co = bn_relu_backward_coefficients(sum_g, sum_gx, mean, invstd, weight, count);
   at::Tensor grad_x = at::empty_like(xc, fmt);
   TRANSFUSION_CPU_KERNEL(bn_relu_backward_apply_kernel)(
-      gc, xc, yc, k.to(x.scalar_type()), p.to(x.scalar_type()), q.to(x.scalar_type()), grad_x, cl);
-  return {grad_x, (sum_gx * inv).to(weight.scalar_type()), sum_g.to(weight.scalar_type())};
+      gc, xc, yc, co.k.to(x.scalar_type()), co.p.to(x.scalar_type()), co.q.to(x.scalar_type()),
+      grad_x, cl);
+  return {grad_x, co.grad_weight, co.grad_bias};
 }
 
 }  // namespace

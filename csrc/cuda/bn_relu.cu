@@ -18,6 +18,8 @@
 #include <algorithm>
 #include <tuple>
 
+#include "transfusion/bn_relu_backward.h"
+
 namespace transfusion::cuda {
 namespace {
 
@@ -278,12 +280,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward(
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   const double count = static_cast<double>(m);
-  const at::Tensor inv = invstd.to(at::kDouble);
-  const at::Tensor k = weight.to(at::kDouble) * inv;
-  const at::Tensor b = inv * inv * sum_gx / count;
-  const at::Tensor p = (-k * b).to(acc).contiguous();
-  const at::Tensor q = (k * (b * mean.to(at::kDouble) - sum_g / count)).to(acc).contiguous();
-  const at::Tensor k_a = k.to(acc).contiguous();
+  const auto co = bn_relu_backward_coefficients(sum_g, sum_gx, mean, invstd, weight, count);
+  const at::Tensor p = co.p.to(acc).contiguous();
+  const at::Tensor q = co.q.to(acc).contiguous();
+  const at::Tensor k_a = co.k.to(acc).contiguous();
   at::Tensor grad_x = at::empty_like(xc, fmt);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_relu_grad", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -293,7 +293,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward(
         grad_x.mutable_data_ptr<scalar_t>(), total, c, plane, cl);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {grad_x, (sum_gx * inv).to(weight.scalar_type()), sum_g.to(weight.scalar_type())};
+  return {grad_x, co.grad_weight, co.grad_bias};
 }
 
 }  // namespace

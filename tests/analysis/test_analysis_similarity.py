@@ -10,13 +10,7 @@ from transfusion.initializers import save_model_checkpoint
 from transfusion.models import build_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a shared small CPU, OpenMP's spinning threads slow these 10x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _batches(n=6, bs=16, size=32, seed=0):

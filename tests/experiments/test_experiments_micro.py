@@ -12,13 +12,7 @@ from transfusion.experiments.config import make_config
 from transfusion.experiments.engine import RunsInterrupted, rebuild_report, run_experiment
 from transfusion.report.tables import read_csv
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a shared small CPU, OpenMP's spinning threads slow these 10x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 RUN_COLUMNS = {"experiment", "run_id", "model", "init", "seed", "dataset", "data", "label_policy",
