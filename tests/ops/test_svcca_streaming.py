@@ -32,7 +32,11 @@ def _stream(layers, batch=700, **kw):
 OPS = {"svcca": svcca, "cca": cca, "pwcca": pwcca, "cka": cka}
 
 
-@pytest.mark.parametrize("precision,tol", [("float64", 1e-9), ("float32", 1e-6)])
+# float32 statistics: each Gram entry carries ~1e-7 relative rounding, amplified by the kept
+# directions' condition (up to 425 for these layers). Measured worst over 8 seeds on an AMD EPYC
+# with MKL: 1.19e-6 (an earlier bound of 1e-6 held on the machine it was first run on), at most
+# 6e-8 x condition, so 5e-6 is the float32 bound here; float64 statistics must agree to 1e-9.
+@pytest.mark.parametrize("precision,tol", [("float64", 1e-9), ("float32", 5e-6)])
 def test_streaming_equals_in_memory(precision, tol):
     layers = _layers()
     stats = _stream(layers, precision=precision)
