@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "transfusion/cpu_dispatch.h"
+#include "transfusion/cpu_output.h"
 
 TORCH_LIBRARY(transfusion, m) {
   // y = relu(x * scale[c] + shift[c]) with c the channel dimension (dim 1) of x (N, C, *).
@@ -15,9 +16,11 @@ TORCH_LIBRARY(transfusion, m) {
   // Returns (y, mean, invstd, var) with var the biased batch variance; only y is differentiable.
   m.def("bn_relu_stats_forward(Tensor x, Tensor weight, Tensor bias, float eps) -> "
         "(Tensor, Tensor, Tensor, Tensor)");
-  // Gradient of y = relu(BN(x)) wrt x, weight, bias, the ReLU mask taken from y (> 0).
-  m.def("bn_relu_backward(Tensor grad_y, Tensor x, Tensor y, Tensor mean, Tensor invstd, "
-        "Tensor weight) -> (Tensor, Tensor, Tensor)");
+  // Gradient of y = relu(BN(x)) wrt x, weight, bias from the forward's inputs and statistics
+  // (mean, biased var): the ReLU mask is recomputed from x exactly as the forward computed y, so
+  // autograd keeps x and (C,) vectors, never y.
+  m.def("bn_relu_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor bias, Tensor mean, "
+        "Tensor var, float eps) -> (Tensor, Tensor, Tensor)");
 
   // (gram, colsum) = sums over the rows of the shifted concatenation z = [x_1 .. x_k] - shift:
   // gram = z^T z (float64; blocks i != j only when cross), colsum = sum of z (float64).
@@ -48,4 +51,14 @@ PYBIND11_MODULE(_C, m) {
         transfusion::cpu::capability_name(transfusion::cpu::best_capability());
     return info;
   });
+  m.def("cpu_output_cache_info", []() {
+    const auto [cached, limit] = transfusion::cpu::output_cache_info();
+    py::dict info;
+    info["cached_bytes"] = cached;
+    info["limit_bytes"] = limit;
+    return info;
+  }, "Bytes the CPU ops' output allocator holds for reuse, and its limit "
+     "(TRANSFUSION_CPU_OUTPUT_CACHE_MIB).");
+  m.def("empty_cpu_output_cache", &transfusion::cpu::empty_output_cache,
+        "Frees the blocks the CPU ops' output allocator holds for reuse.");
 }

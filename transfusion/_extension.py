@@ -75,6 +75,7 @@ def build_info() -> dict[str, Any]:
                 "cuda_compile_checked": False, "cpu_capability": "none (reference ops)"}
     info = dict(module.build_info())
     info["extension"] = True
+    info["cpu_output_cache_limit_mib"] = module.cpu_output_cache_info()["limit_bytes"] >> 20
     if info["cuda"]:
         info["reason"] = ""
     elif info["cuda_compile_checked"]:
@@ -83,3 +84,20 @@ def build_info() -> dict[str, Any]:
     else:
         info["reason"] = "torch has no CUDA or nvcc was not found at build time"
     return info
+
+
+def cpu_output_cache_info() -> dict[str, int]:
+    """``{"cached_bytes", "limit_bytes"}`` of the CPU ops' output allocator: freed outputs of at
+    least 2 MiB are kept for reuse, up to TRANSFUSION_CPU_OUTPUT_CACHE_MIB (default 256) MiB.
+    All zeros without the extension."""
+    module, _ = _load()
+    if module is None:
+        return {"cached_bytes": 0, "limit_bytes": 0}
+    return dict(module.cpu_output_cache_info())
+
+
+def empty_cpu_output_cache() -> None:
+    """Frees the blocks the CPU ops' output allocator holds for reuse (a no-op without it)."""
+    module, _ = _load()
+    if module is not None:
+        module.empty_cpu_output_cache()

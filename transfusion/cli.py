@@ -65,6 +65,8 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print JSON instead 
         cuda = f"yes, archs {ext['cuda_archs']}" if ext["cuda"] else f"none ({ext['reason']})"
         typer.echo(f"extension    transfusion._C loaded; CPU kernels: {ext['cpu_capability']}; "
                    f"CUDA kernels: {cuda}")
+        typer.echo(f"cpu outputs  freed op outputs >= 2 MiB kept for reuse up to "
+                   f"{ext['cpu_output_cache_limit_mib']} MiB (TRANSFUSION_CPU_OUTPUT_CACHE_MIB)")
     else:
         typer.echo(f"extension    NOT loaded: {ext['reason']}")
     if data["cuda_devices"]:

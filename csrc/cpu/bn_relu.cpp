@@ -1,15 +1,16 @@
 // CPU implementation of the training-mode BatchNorm + ReLU ops (schemas in registration.cpp):
 //   bn_relu_stats_forward: batch statistics in one pass, then normalise + affine + ReLU in one pass
-//   bn_relu_backward:      BN backward with the ReLU mask fused: one reduction pass, one
-//                          elementwise pass.
+//   bn_relu_backward:      BN backward with the ReLU mask fused and recomputed from x (no y
+//                          kept): one reduction pass, one elementwise pass.
 // Checks, layout choice and the tiny per-channel algebra live here; the loops in kernels/.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <tuple>
 
-#include "transfusion/bn_relu_backward.h"
+#include "transfusion/bn_relu_math.h"
 #include "transfusion/cpu_dispatch.h"
+#include "transfusion/cpu_output.h"
 
 TRANSFUSION_DECLARE_CPU_KERNEL(void, scale_shift_relu_kernel, const at::Tensor& x,
                                const at::Tensor& scale, const at::Tensor& shift, at::Tensor& y,
@@ -17,12 +18,13 @@ TRANSFUSION_DECLARE_CPU_KERNEL(void, scale_shift_relu_kernel, const at::Tensor& 
 TRANSFUSION_DECLARE_CPU_KERNEL(void, bn_stats_kernel, const at::Tensor& x, at::Tensor& mean,
                                at::Tensor& var, bool channels_last)
 TRANSFUSION_DECLARE_CPU_KERNEL(void, bn_relu_backward_reduce_kernel, const at::Tensor& grad_y,
-                               const at::Tensor& x, const at::Tensor& y, const at::Tensor& mean,
-                               at::Tensor& sum_g, at::Tensor& sum_gx, bool channels_last)
+                               const at::Tensor& x, const at::Tensor& scale,
+                               const at::Tensor& shift, const at::Tensor& mean, at::Tensor& sum_g,
+                               at::Tensor& sum_gx, bool channels_last)
 TRANSFUSION_DECLARE_CPU_KERNEL(void, bn_relu_backward_apply_kernel, const at::Tensor& grad_y,
-                               const at::Tensor& x, const at::Tensor& y, const at::Tensor& k,
-                               const at::Tensor& p, const at::Tensor& q, at::Tensor& grad_x,
-                               bool channels_last)
+                               const at::Tensor& x, const at::Tensor& scale,
+                               const at::Tensor& shift, const at::Tensor& k, const at::Tensor& p,
+                               const at::Tensor& q, at::Tensor& grad_x, bool channels_last)
 
 namespace transfusion::cpu {
 namespace {
@@ -59,39 +61,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_relu_stats_forward
   at::Tensor mean = at::empty({c}, x.options());
   at::Tensor var = at::empty({c}, x.options());
   TRANSFUSION_CPU_KERNEL(bn_stats_kernel)(xc, mean, var, cl);
-  at::Tensor invstd = (var.to(at::kDouble) + eps).rsqrt();
-  const at::Tensor scale_d = weight.to(at::kDouble) * invstd;
-  const at::Tensor scale = scale_d.to(x.scalar_type());
-  const at::Tensor shift = (bias.to(at::kDouble) - mean.to(at::kDouble) * scale_d).to(x.scalar_type());
-  at::Tensor y = at::empty_like(xc, format_of(cl));
-  TRANSFUSION_CPU_KERNEL(scale_shift_relu_kernel)(xc, scale, shift, y, cl);
-  return {y, mean, invstd.to(x.scalar_type()), var};
+  const BnReluAffine affine = bn_relu_affine(weight, bias, mean, var, eps, x.scalar_type());
+  at::Tensor y = empty_output_like(xc, format_of(cl));
+  TRANSFUSION_CPU_KERNEL(scale_shift_relu_kernel)(xc, affine.scale, affine.shift, y, cl);
+  return {y, mean, affine.invstd.to(x.scalar_type()), var};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward(
-    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& y, const at::Tensor& mean,
-    const at::Tensor& invstd, const at::Tensor& weight) {
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+    const at::Tensor& mean, const at::Tensor& var, double eps) {
   check_inputs("bn_relu_backward", x, weight);
-  TORCH_CHECK(grad_y.sizes() == x.sizes() && y.sizes() == x.sizes(),
-              "bn_relu_backward: grad_y and y must have x's shape ", x.sizes());
-  TORCH_CHECK(grad_y.scalar_type() == x.scalar_type() && y.scalar_type() == x.scalar_type(),
-              "bn_relu_backward: grad_y and y must have x's dtype");
-  TORCH_CHECK(mean.sizes() == weight.sizes() && invstd.sizes() == weight.sizes(),
-              "bn_relu_backward: mean and invstd must be (C,)");
+  TORCH_CHECK(grad_y.sizes() == x.sizes(), "bn_relu_backward: grad_y must have x's shape ",
+              x.sizes(), ", got ", grad_y.sizes());
+  TORCH_CHECK(grad_y.scalar_type() == x.scalar_type(),
+              "bn_relu_backward: grad_y must have x's dtype");
+  TORCH_CHECK(bias.sizes() == weight.sizes() && mean.sizes() == weight.sizes() &&
+                  var.sizes() == weight.sizes(),
+              "bn_relu_backward: bias, mean and var must be (C,)");
   const bool cl = use_channels_last(x);
   const at::MemoryFormat fmt = format_of(cl);
-  const at::Tensor xc = x.contiguous(fmt), gc = grad_y.contiguous(fmt), yc = y.contiguous(fmt);
-  const at::Tensor mean_c = mean.to(x.scalar_type()).contiguous();
+  const at::Tensor xc = x.contiguous(fmt), gc = grad_y.contiguous(fmt);
+  const at::ScalarType dtype = x.scalar_type();
+  const BnReluAffine affine = bn_relu_affine(weight, bias, mean, var, eps, dtype);
+  const at::Tensor mean_c = mean.to(dtype).contiguous();
   const int64_t c = x.size(1);
   const double count = static_cast<double>(x.numel() / c);
   at::Tensor sum_g = at::empty({c}, x.options().dtype(at::kDouble));
   at::Tensor sum_gx = at::empty({c}, x.options().dtype(at::kDouble));
-  TRANSFUSION_CPU_KERNEL(bn_relu_backward_reduce_kernel)(gc, xc, yc, mean_c, sum_g, sum_gx, cl);
-  const auto co = bn_relu_backward_coefficients(sum_g, sum_gx, mean, invstd, weight, count);
-  at::Tensor grad_x = at::empty_like(xc, fmt);
+  TRANSFUSION_CPU_KERNEL(bn_relu_backward_reduce_kernel)(gc, xc, affine.scale, affine.shift, mean_c,
+                                                         sum_g, sum_gx, cl);
+
+  const auto co = bn_relu_backward_coefficients(sum_g, sum_gx, mean, affine.invstd, weight, count);
+  at::Tensor grad_x = empty_output_like(xc, fmt);
   TRANSFUSION_CPU_KERNEL(bn_relu_backward_apply_kernel)(
-      gc, xc, yc, co.k.to(x.scalar_type()), co.p.to(x.scalar_type()), co.q.to(x.scalar_type()),
-      grad_x, cl);
+      gc, xc, affine.scale, affine.shift, co.k.to(dtype), co.p.to(dtype), co.q.to(dtype), grad_x,
+      cl);
   return {grad_x, co.grad_weight, co.grad_bias};
 }
 

@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include "transfusion/cpu_dispatch.h"
+#include "transfusion/cpu_output.h"
 
 TRANSFUSION_DECLARE_CPU_KERNEL(void, scale_shift_relu_kernel, const at::Tensor& x,
                                const at::Tensor& scale, const at::Tensor& shift, at::Tensor& y,
@@ -24,8 +25,8 @@ at::Tensor scale_shift_relu(const at::Tensor& x, const at::Tensor& scale, const 
   const bool channels_last = x.dim() == 4 && !x.is_contiguous() &&
                              x.is_contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor xc = channels_last ? x : x.contiguous();
-  at::Tensor y = at::empty_like(xc, channels_last ? at::MemoryFormat::ChannelsLast
-                                                  : at::MemoryFormat::Contiguous);
+  at::Tensor y = empty_output_like(xc, channels_last ? at::MemoryFormat::ChannelsLast
+                                                     : at::MemoryFormat::Contiguous);
   TRANSFUSION_CPU_KERNEL(scale_shift_relu_kernel)(xc, scale.contiguous(), shift.contiguous(), y,
                                                   channels_last);
   return y;

@@ -5,8 +5,9 @@
 //   stats:    grid (C, S): each block runs Welford over a strided slice of one channel, merges its
 //             threads in shared memory and writes (count, mean, M2); a second kernel merges the S
 //             partials of a channel (Chan's formula) into mean and biased variance.
-//   backward: the same two-level reduction for sum(g [y>0]) and sum(g [y>0] (x - mean)), then one
-//             elementwise pass grad_x = [y>0] g k + x p + q.
+//   backward: the same two-level reduction for sum(g [z>0]) and sum(g [z>0] (x - mean)), then one
+//             elementwise pass grad_x = [z>0] g k + x p + q, with z = x * scale + shift recomputed
+//             from x by bn_pre exactly as the forward computed y = max(z, 0) (y is not kept).
 // Only ATen core + c10/cuda headers (the compile check runs without cuBLAS/cuDNN headers).
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
@@ -18,7 +19,7 @@
 #include <algorithm>
 #include <tuple>
 
-#include "transfusion/bn_relu_backward.h"
+#include "transfusion/bn_relu_math.h"
 
 namespace transfusion::cuda {
 namespace {
@@ -97,6 +98,12 @@ __global__ void stats_final_kernel(const Acc* __restrict__ partial, Acc* __restr
   var_out[ch] = static_cast<Acc>(count > 0 ? m2 / count : 0.0);
 }
 
+// z = x * scale + shift, one rounding (fma), in the forward and in the backward's ReLU mask alike.
+template <typename Acc>
+__device__ __forceinline__ Acc bn_pre(Acc x, Acc scale, Acc shift) {
+  return fma(x, scale, shift);
+}
+
 // y = relu(x * scale[ch] + shift[ch])
 template <typename T, typename Acc>
 __global__ void scale_shift_relu_kernel(const T* __restrict__ x, const Acc* __restrict__ scale,
@@ -107,28 +114,30 @@ __global__ void scale_shift_relu_kernel(const T* __restrict__ x, const Acc* __re
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += stride) {
     const int64_t ch = channels_last ? i % c : (i / plane) % c;
-    const Acc v = static_cast<Acc>(x[i]) * scale[ch] + shift[ch];
+    const Acc v = bn_pre(static_cast<Acc>(x[i]), scale[ch], shift[ch]);
     y[i] = static_cast<T>(v > Acc(0) ? v : Acc(0));
   }
 }
 
-// partial[(ch * splits + split) * 2 + {0,1}] = (sum g [y>0], sum g [y>0] (x - mean)).
+// partial[(ch * splits + split) * 2 + {0,1}] = (sum g [z>0], sum g [z>0] (x - mean)).
 template <typename T, typename Acc>
 __global__ void backward_partial_kernel(const T* __restrict__ g, const T* __restrict__ x,
-                                        const T* __restrict__ y, const Acc* __restrict__ mean,
-                                        Acc* __restrict__ partial, int64_t m, int64_t c,
-                                        int64_t plane, bool channels_last) {
+                                        const Acc* __restrict__ scale,
+                                        const Acc* __restrict__ shift,
+                                        const Acc* __restrict__ mean, Acc* __restrict__ partial,
+                                        int64_t m, int64_t c, int64_t plane, bool channels_last) {
   const int64_t ch = blockIdx.x;
   const int splits = gridDim.y;
-  const Acc mu = mean[ch];
+  const Acc mu = mean[ch], s = scale[ch], sh = shift[ch];
   Acc a = 0, b = 0;
   for (int64_t j = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; j < m;
        j += static_cast<int64_t>(splits) * blockDim.x) {
     const int64_t o = channel_offset(j, ch, c, plane, channels_last);
-    if (static_cast<Acc>(y[o]) > Acc(0)) {
+    const Acc xv = static_cast<Acc>(x[o]);
+    if (bn_pre(xv, s, sh) > Acc(0)) {
       const Acc gv = static_cast<Acc>(g[o]);
       a += gv;
-      b += gv * (static_cast<Acc>(x[o]) - mu);
+      b += gv * (xv - mu);
     }
   }
   __shared__ Acc s_a[kThreads], s_b[kThreads];
@@ -163,19 +172,21 @@ __global__ void backward_final_kernel(const Acc* __restrict__ partial, double* _
   sum_gx[ch] = b;
 }
 
-// grad_x = [y > 0] g k[ch] + x p[ch] + q[ch]
+// grad_x = [z > 0] g k[ch] + x p[ch] + q[ch]
 template <typename T, typename Acc>
 __global__ void backward_apply_kernel(const T* __restrict__ g, const T* __restrict__ x,
-                                      const T* __restrict__ y, const Acc* __restrict__ k,
-                                      const Acc* __restrict__ p, const Acc* __restrict__ q,
-                                      T* __restrict__ out, int64_t total, int64_t c, int64_t plane,
+                                      const Acc* __restrict__ scale, const Acc* __restrict__ shift,
+                                      const Acc* __restrict__ k, const Acc* __restrict__ p,
+                                      const Acc* __restrict__ q, T* __restrict__ out,
+                                      int64_t total, int64_t c, int64_t plane,
                                       bool channels_last) {
   const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += stride) {
     const int64_t ch = channels_last ? i % c : (i / plane) % c;
-    const Acc gm = static_cast<Acc>(y[i]) > Acc(0) ? static_cast<Acc>(g[i]) : Acc(0);
-    out[i] = static_cast<T>(gm * k[ch] + static_cast<Acc>(x[i]) * p[ch] + q[ch]);
+    const Acc xv = static_cast<Acc>(x[i]);
+    const Acc gm = bn_pre(xv, scale[ch], shift[ch]) > Acc(0) ? static_cast<Acc>(g[i]) : Acc(0);
+    out[i] = static_cast<T>(gm * k[ch] + xv * p[ch] + q[ch]);
   }
 }
 
@@ -234,10 +245,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_relu_stats_forward
         var.mutable_data_ptr<acc_t>(), c, splits);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  const at::Tensor invstd = (var.to(at::kDouble) + eps).rsqrt();
-  const at::Tensor scale_d = weight.to(at::kDouble) * invstd;
-  const at::Tensor scale = scale_d.to(acc).contiguous();
-  const at::Tensor shift = (bias.to(at::kDouble) - mean.to(at::kDouble) * scale_d).to(acc).contiguous();
+  const BnReluAffine affine = bn_relu_affine(weight, bias, mean, var, eps, acc);
+  const at::Tensor& scale = affine.scale;
+  const at::Tensor& shift = affine.shift;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_relu_apply", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     scale_shift_relu_kernel<scalar_t, acc_t><<<elementwise_blocks(total), kThreads, 0, stream>>>(
@@ -245,23 +255,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_relu_stats_forward
         y.mutable_data_ptr<scalar_t>(), total, c, plane, cl);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {y, mean, invstd.to(acc), var};
+  return {y, mean, affine.invstd.to(acc), var};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward(
-    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& y, const at::Tensor& mean,
-    const at::Tensor& invstd, const at::Tensor& weight) {
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+    const at::Tensor& mean, const at::Tensor& var, double eps) {
   check_inputs("bn_relu_backward", x, weight);
-  TORCH_CHECK(grad_y.sizes() == x.sizes() && y.sizes() == x.sizes(),
-              "bn_relu_backward: grad_y and y must have x's shape ", x.sizes());
-  TORCH_CHECK(grad_y.scalar_type() == x.scalar_type() && y.scalar_type() == x.scalar_type(),
-              "bn_relu_backward: grad_y and y must have x's dtype");
+  TORCH_CHECK(grad_y.sizes() == x.sizes(), "bn_relu_backward: grad_y must have x's shape ",
+              x.sizes(), ", got ", grad_y.sizes());
+  TORCH_CHECK(grad_y.scalar_type() == x.scalar_type(),
+              "bn_relu_backward: grad_y must have x's dtype");
+  TORCH_CHECK(bias.sizes() == weight.sizes() && mean.sizes() == weight.sizes() &&
+                  var.sizes() == weight.sizes(),
+              "bn_relu_backward: bias, mean and var must be (C,)");
   c10::cuda::CUDAGuard guard(x.device());
   const bool cl = use_channels_last(x);
   const at::MemoryFormat fmt = format_of(cl);
-  const at::Tensor xc = x.contiguous(fmt), gc = grad_y.contiguous(fmt), yc = y.contiguous(fmt);
+  const at::Tensor xc = x.contiguous(fmt), gc = grad_y.contiguous(fmt);
   const int64_t c = x.size(1), total = xc.numel(), m = total / c, plane = m / x.size(0);
   const at::ScalarType acc = acc_type(x);
+  const BnReluAffine affine = bn_relu_affine(weight, bias, mean, var, eps, acc);
   const at::Tensor mean_a = mean.to(acc).contiguous();
   const int splits = splits_for(m);
   at::Tensor partial = at::empty({c * splits * 2}, x.options().dtype(acc));
@@ -271,7 +285,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_relu_reduce", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     backward_partial_kernel<scalar_t, acc_t><<<dim3(static_cast<unsigned>(c), static_cast<unsigned>(splits)), kThreads, 0, stream>>>(
-        gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(), yc.const_data_ptr<scalar_t>(),
+        gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
+        affine.scale.const_data_ptr<acc_t>(), affine.shift.const_data_ptr<acc_t>(),
         mean_a.const_data_ptr<acc_t>(), partial.mutable_data_ptr<acc_t>(), m, c, plane, cl);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     backward_final_kernel<acc_t><<<(c + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
@@ -280,7 +295,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward(
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   const double count = static_cast<double>(m);
-  const auto co = bn_relu_backward_coefficients(sum_g, sum_gx, mean, invstd, weight, count);
+  const auto co = bn_relu_backward_coefficients(sum_g, sum_gx, mean, affine.invstd, weight, count);
   const at::Tensor p = co.p.to(acc).contiguous();
   const at::Tensor q = co.q.to(acc).contiguous();
   const at::Tensor k_a = co.k.to(acc).contiguous();
@@ -288,7 +303,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_relu_grad", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     backward_apply_kernel<scalar_t, acc_t><<<elementwise_blocks(total), kThreads, 0, stream>>>(
-        gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(), yc.const_data_ptr<scalar_t>(),
+        gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
+        affine.scale.const_data_ptr<acc_t>(), affine.shift.const_data_ptr<acc_t>(),
         k_a.const_data_ptr<acc_t>(), p.const_data_ptr<acc_t>(), q.const_data_ptr<acc_t>(),
         grad_x.mutable_data_ptr<scalar_t>(), total, c, plane, cl);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

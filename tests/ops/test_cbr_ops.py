@@ -118,9 +118,9 @@ def test_opcheck_registered_ops():
     torch.library.opcheck(torch.ops.transfusion.bn_relu_stats_forward, (xg, wg, bg, 1e-5))
     xc = x.contiguous(memory_format=torch.channels_last)
     torch.library.opcheck(torch.ops.transfusion.bn_relu_stats_forward, (xc, w, b, 1e-5))
-    y, mean, invstd, _ = torch.ops.transfusion.bn_relu_stats_forward(x, w, b, 1e-5)
+    y, mean, invstd, var = torch.ops.transfusion.bn_relu_stats_forward(x, w, b, 1e-5)
     g = torch.randn_like(x)
-    torch.library.opcheck(torch.ops.transfusion.bn_relu_backward, (g, x, y, mean, invstd, w))
+    torch.library.opcheck(torch.ops.transfusion.bn_relu_backward, (g, x, w, b, mean, var, 1e-5))
 
 
 def test_bad_input_raises_clear_error():
@@ -174,3 +174,31 @@ def test_bfloat16_on_cpu_uses_fallback_within_tolerance():
     assert y.dtype == torch.bfloat16 and mean.dtype == torch.float32
     torch.testing.assert_close(y.float(), ry.float(), rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(mean.double(), rmean, rtol=1e-3, atol=1e-3)
+
+
+@needs_ext
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_backward_mask_is_the_forwards_at_exact_zeros(channels_last, dtype):
+    # Every plane holds 0s and 1s in equal numbers: mean 0.5, var 0.25 exactly, and with eps = 0,
+    # weight 1, bias 1 the pre-activation 2x + 0 is exactly 0 wherever x = 0. ReLU's gradient
+    # there is 0 (as eager's threshold_backward and the reference's relu), so the backward must
+    # recompute the forward's mask exactly, with odd sizes to run the vector tails too.
+    n, c, h, w = 2, 19, 7, 6
+    gen = torch.Generator().manual_seed(0)
+    planes = [(torch.arange(h * w) % 2)[torch.randperm(h * w, generator=gen)] for _ in range(n)]
+    x = torch.stack(planes).to(dtype).reshape(n, 1, h, w).expand(n, c, h, w).contiguous()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.ones(c, dtype=dtype), torch.ones(c, dtype=dtype)
+    g = torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(1)).to(dtype)
+    xs = x.clone().requires_grad_()
+    y, _, _, var = bn_relu_train(xs, weight, bias, 0.0)
+    assert torch.equal(var, torch.full((c,), 0.25, dtype=dtype))
+    assert int((y == 0).sum()) == x.numel() // 2
+    y.backward(g)
+    xr = x.double().requires_grad_()
+    ry = reference.bn_relu_train(xr, weight.double(), bias.double(), 0.0)[0]
+    assert torch.equal(ry == 0, y == 0)
+    ry.backward(g.double())
+    torch.testing.assert_close(xs.grad.double(), xr.grad, **_tol(dtype))

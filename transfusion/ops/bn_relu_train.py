@@ -5,13 +5,15 @@ Two compiled ops (schemas in csrc/registration.cpp, CPU and CUDA kernels):
 * ``transfusion::bn_relu_stats_forward(x, weight, bias, eps) -> (y, mean, invstd, var)``:
   per-channel batch mean and biased variance in one pass over x (chunked two-pass in cache,
   merged with Chan's formula: stable for large N*H*W), then y = relu(BN(x)) in one pass.
-* ``transfusion::bn_relu_backward(grad_y, x, y, mean, invstd, weight) -> (grad_x, grad_w, grad_b)``:
-  the BN backward with the ReLU mask fused in (mask = y > 0, so nothing extra is saved): one
-  reduction pass and one elementwise pass.
+* ``transfusion::bn_relu_backward(grad_y, x, weight, bias, mean, var, eps) -> (grad_x, grad_w,
+  grad_b)``: the BN backward with the ReLU mask fused in and recomputed from x (z = x * scale +
+  shift > 0, evaluated by the same code as the forward, so it is the forward's mask bit for bit):
+  one reduction pass over (g, x) and one elementwise pass. Five passes over memory in all.
 
 Autograd for the forward op is registered here (``torch.library.register_autograd``) with fake
 kernels for both, so ``torch.compile(fullgraph=True)`` traces through. Saved for backward: x (the
-conv output), y and the (C,) statistics; the normalised tensor is never materialised.
+conv output) and (C,) vectors only. Eager ``relu(batch_norm(x))`` keeps x and y; this keeps half
+of that (y lives on only if the next layer keeps it).
 """
 from __future__ import annotations
 
@@ -101,23 +103,24 @@ def _register() -> None:
                 x.new_empty((c,), dtype=stats))
 
     @torch.library.register_fake(_BWD)
-    def _fake_backward(grad_y, x, y, mean, invstd, weight):
+    def _fake_backward(grad_y, x, weight, bias, mean, var, eps):
         torch._check(weight.shape[0] == x.shape[1])
         c = x.shape[1]
         return (torch.empty_like(x, memory_format=_layout_like(x)),
                 weight.new_empty((c,)), weight.new_empty((c,)))
 
     def _setup_context(ctx, inputs, output):
-        x, weight, _bias, _eps = inputs
-        y, mean, invstd, _var = output
-        ctx.save_for_backward(x, y, mean, invstd, weight)
+        x, weight, bias, eps = inputs
+        _y, mean, _invstd, var = output
+        ctx.save_for_backward(x, weight, bias, mean, var)
+        ctx.eps = eps
 
     def _backward(ctx, grad_y, _grad_mean, _grad_invstd, _grad_var):
-        x, y, mean, invstd, weight = ctx.saved_tensors
+        x, weight, bias, mean, var = ctx.saved_tensors
         if grad_y is None:
             return None, None, None, None
         grad_x, grad_w, grad_b = torch.ops.transfusion.bn_relu_backward(
-            grad_y, x, y, mean, invstd, weight)
+            grad_y, x, weight, bias, mean, var, ctx.eps)
         return (grad_x if ctx.needs_input_grad[0] else None,
                 grad_w if ctx.needs_input_grad[1] else None,
                 grad_b if ctx.needs_input_grad[2] else None, None)

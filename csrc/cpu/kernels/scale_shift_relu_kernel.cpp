@@ -1,9 +1,12 @@
 // y = relu(x * scale[c] + shift[c]), vectorised with at::vec, compiled once per CPU capability.
+// z = x * scale + shift comes from bn_pre (bn_relu_pre.h), shared with the BN+ReLU backward's mask.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+
+#include "bn_relu_pre.h"
 
 namespace transfusion::cpu::CPU_CAPABILITY {
 
@@ -22,12 +25,10 @@ void planes_nchw(const T* x, const T* scale, const T* shift, T* y, int64_t n, in
       const Vec vs(s), vb(b);
       const T* xp = x + p * plane;
       T* yp = y + p * plane;
-      int64_t i = 0;
-      for (; i + Vec::size() <= plane; i += Vec::size()) {
-        Vec v = at::vec::fmadd(Vec::loadu(xp + i), vs, vb);
-        at::vec::maximum(v, zero).store(yp + i);
+      for (int64_t i = 0; i < plane; i += Vec::size()) {
+        const int64_t len = std::min<int64_t>(Vec::size(), plane - i);
+        store_part(at::vec::maximum(bn_pre(load_part(xp + i, len), vs, vb), zero), yp + i, len);
       }
-      for (; i < plane; ++i) yp[i] = std::max(xp[i] * s + b, T(0));
     }
   });
 }
@@ -41,12 +42,12 @@ void rows_nhwc(const T* x, const T* scale, const T* shift, T* y, int64_t rows, i
     for (int64_t r = begin; r < end; ++r) {
       const T* xr = x + r * c;
       T* yr = y + r * c;
-      int64_t i = 0;
-      for (; i + Vec::size() <= c; i += Vec::size()) {
-        Vec v = at::vec::fmadd(Vec::loadu(xr + i), Vec::loadu(scale + i), Vec::loadu(shift + i));
-        at::vec::maximum(v, zero).store(yr + i);
+      for (int64_t i = 0; i < c; i += Vec::size()) {
+        const int64_t len = std::min<int64_t>(Vec::size(), c - i);
+        const Vec z = bn_pre(load_part(xr + i, len), load_part(scale + i, len),
+                             load_part(shift + i, len));
+        store_part(at::vec::maximum(z, zero), yr + i, len);
       }
-      for (; i < c; ++i) yr[i] = std::max(xr[i] * scale[i] + shift[i], T(0));
     }
   });
 }
