@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from transfusion import _extension
-from transfusion.ops import CBR2d, conv_bn_relu, reference
+from transfusion.models.cbr import CBR_SPECS, CBRNet
+from transfusion.ops import CBR2d, MaxPool2dSavingIndices, conv_bn_relu, reference
 
 needs_ext = pytest.mark.skipif(not _extension.available(), reason="transfusion._C not built")
 
@@ -178,8 +179,8 @@ def test_torch_compile_fullgraph(training):
 def _tiny_cbr(fused: bool) -> nn.Module:
     torch.manual_seed(11)
     return nn.Sequential(
-        CBR2d(3, 8, 5, fused=fused), nn.MaxPool2d(3, 2),
-        CBR2d(8, 16, 5, fused=fused), nn.MaxPool2d(3, 2),
+        CBR2d(3, 8, 5, fused=fused), (MaxPool2dSavingIndices if fused else nn.MaxPool2d)(3, 2),
+        CBR2d(8, 16, 5, fused=fused), (MaxPool2dSavingIndices if fused else nn.MaxPool2d)(3, 2),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5))
 
 
@@ -224,7 +225,8 @@ def test_cuda_train_step_matches_eager_bf16(channels_last):
 
 
 def _saved_bytes(module, x):
-    """Bytes of distinct storages autograd saves for backward in one training forward."""
+    """Bytes of distinct storages autograd saves for backward in one training forward, not
+    counting the module's own parameters and buffers."""
     storages = {}
 
     def pack(t):
@@ -233,12 +235,45 @@ def _saved_bytes(module, x):
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         module(x)
-    return sum(storages.values())
+    own = {t.untyped_storage().data_ptr() for t in [*module.parameters(), *module.buffers()]}
+    return sum(nbytes for ptr, nbytes in storages.items() if ptr not in own)
 
 
-def test_fused_block_saves_no_more_than_eager():
-    # Neither keeps the normalised tensor; the fused block saves the conv output, its own output
-    # (the ReLU mask is y > 0) and (C,) statistics, which eager saves too (BN input, ReLU result).
+@needs_ext
+def test_fused_block_saves_its_output_less_than_eager():
+    # Eager keeps the BN input (conv output) and the ReLU result; the fused block keeps the conv
+    # output and (C,) statistics only: its backward recomputes the ReLU mask from the conv output.
     fused, eager, x = _pair((2, 3, 16, 3, 1, "same", 12, 12), torch.float32, seed=5)
     x.requires_grad_()
-    assert _saved_bytes(fused, x) <= _saved_bytes(eager, x)
+    y_bytes = 2 * 16 * 12 * 12 * 4
+    assert _saved_bytes(eager, x) - _saved_bytes(fused, x) >= y_bytes
+
+
+@needs_ext
+@pytest.mark.parametrize("name", ["cbr_small", "cbr_larget"])
+def test_fused_cbr_model_saves_at_most_0_7_of_eager(name):
+    # Per pooled block eager keeps conv output + ReLU output + int64 pool indices (+ the pooled
+    # output for the next conv); fused drops the ReLU output: about 0.64x in all.
+    torch.manual_seed(0)
+    fused = CBRNet(CBR_SPECS[name], num_classes=5, fused=True)
+    eager = CBRNet(CBR_SPECS[name], num_classes=5, fused=False)
+    x = torch.randn(2, 3, 64, 64)
+    ratio = _saved_bytes(fused, x) / _saved_bytes(eager, x)
+    assert ratio <= 0.7, ratio
+
+
+def test_fused_cbr_model_trains_like_eager():
+    torch.manual_seed(3)
+    fused = CBRNet(CBR_SPECS["cbr_tiny"], num_classes=3, fused=True)
+    eager = CBRNet(CBR_SPECS["cbr_tiny"], num_classes=3, fused=False)
+    eager.load_state_dict(fused.state_dict())
+    opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for m in (fused, eager)]
+    g = torch.Generator().manual_seed(4)
+    for _ in range(3):
+        x, t = torch.randn(4, 3, 48, 48, generator=g), torch.randint(0, 3, (4,), generator=g)
+        for model, opt in zip((fused, eager), opts):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), t).backward()
+            opt.step()
+    for (name, a), (_, b) in zip(fused.state_dict().items(), eager.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=f"state {name}")

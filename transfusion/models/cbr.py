@@ -4,7 +4,9 @@ and one linear layer.
 
 The four models are data (``CBR_SPECS``), not four classes. Each CBR block is
 ``transfusion.ops.CBR2d`` (fused conv-BN-ReLU op; ``fused=False`` runs eager
-Conv2d/BatchNorm2d/ReLU with the same state_dict keys). State_dict keys: ``cbr<i>.conv.weight``,
+Conv2d/BatchNorm2d/ReLU with the same state_dict keys) and each pool a
+``transfusion.ops.MaxPool2dSavingIndices`` (nn.MaxPool2d's results, but it does not keep the
+block's output alive for backward; ``fused=False`` uses nn.MaxPool2d). State_dict keys: ``cbr<i>.conv.weight``,
 ``cbr<i>.bn.*``, ``fc.weight``, ``fc.bias``.
 """
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 from torch import nn
 
 from transfusion.models.base import StagedModel, he_init_
-from transfusion.ops import CBR2d
+from transfusion.ops import CBR2d, MaxPool2dSavingIndices
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,8 @@ class CBRNet(StagedModel):
             self._stage_prefixes[name] = (name,)
             self._order.append(name)
             if pool:
-                self.add_module(f"pool{i}", nn.MaxPool2d(kernel_size=3, stride=2, padding=0))
+                pool = MaxPool2dSavingIndices if fused else nn.MaxPool2d
+                self.add_module(f"pool{i}", pool(kernel_size=3, stride=2, padding=0))
                 self._order.append(f"pool{i}")
             channels = out_channels
         self.avgpool = nn.AdaptiveAvgPool2d(1)
