@@ -7,10 +7,17 @@ Groups (ours and eager side by side):
     at batch 8, 224 px (8x32x224x224, 8x64x111x111, 8x128x55x55, 8x256x27x27), contiguous and
     channels_last. Also the float64 reference on the smallest shape (cbr-bn-relu-reference).
   * cbr-small-train-step: one SGD step of CBR-Small (7x7 convs 3->32 mp 64 mp 128 mp 256 mp,
-    maxpool 3x3/2, global average pool, linear), batch 8, 224 px.
+    maxpool 3x3/2, global average pool, linear), batch 8, 224 px. The fused model pools with
+    MaxPool2dSavingIndices, as transfusion.models' CBR models do.
+  * cbr-saved-activations: the training forward of CBR-Small and CBR-LargeW (batch 8, 224 px),
+    with the bytes autograd saves for backward (distinct storages, parameters excluded) in
+    extra_info and the fused/eager ratio asserted <= 0.7 (the issue's memory target).
   * cbr-small-inference: the same model in eval mode under no_grad (ours: BN folded into the conv).
   * cbr-block1-inference: its first block alone (3->32, 7x7 on 8x3x224x224), eval, no_grad.
-  * cuda-*: the same on a GPU; skipped without CUDA (none on the CPU-only development machine).
+  * cuda-*: the same on a GPU, plus the CBR-LargeW training step (batch 32, 224 px, fp32 and
+    bf16 autocast) for fused, eager and torch.compile(eager), and its peak memory
+    (torch.cuda.max_memory_allocated above the model's own) in extra_info; skipped without CUDA
+    (none on the CPU-only development machine).
 """
 import copy
 
@@ -18,7 +25,8 @@ import pytest
 import torch
 from torch import nn
 
-from transfusion.ops import CBR2d, bn_relu_train, reference
+from transfusion.models.cbr import CBR_SPECS, CBRNet
+from transfusion.ops import CBR2d, MaxPool2dSavingIndices, bn_relu_train, reference
 
 BATCH, SIZE = 8, 224
 CONV_OUT_SHAPES = [(BATCH, 32, 224, 224), (BATCH, 64, 111, 111), (BATCH, 128, 55, 55),
@@ -31,7 +39,8 @@ def cbr_small(fused: bool, num_classes: int = 5) -> nn.Module:
     torch.manual_seed(0)
     layers, cin = [], 3
     for cout in (32, 64, 128, 256):
-        layers += [CBR2d(cin, cout, 7, fused=fused), nn.MaxPool2d(3, 2)]
+        pool = MaxPool2dSavingIndices(3, 2) if fused else nn.MaxPool2d(3, 2)
+        layers += [CBR2d(cin, cout, 7, fused=fused), pool]
         cin = cout
     head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)]
     return nn.Sequential(*layers, *head)
@@ -158,6 +167,36 @@ def test_cbr_block1_inference_cpu(benchmark, impl):
     _run(benchmark, forward, "cpu", rounds=7)
 
 
+# ---- saved activations (memory, not time) ------------------------------------------------------
+def saved_activation_bytes(model, x):
+    """Bytes of the distinct storages autograd saves in one training forward, the model's own
+    parameters and buffers excluded."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    own = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    return sum(n for ptr, n in storages.items() if ptr not in own)
+
+
+@pytest.mark.parametrize("name", ["cbr_small", "cbr_largew"])
+def test_cbr_saved_activations_cpu(benchmark, name):
+    benchmark.group = "cbr-saved-activations"
+    x = torch.randn(BATCH, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    fused = CBRNet(CBR_SPECS[name], num_classes=5, fused=True)
+    eager = CBRNet(CBR_SPECS[name], num_classes=5, fused=False)
+    fused_bytes, eager_bytes = saved_activation_bytes(fused, x), saved_activation_bytes(eager, x)
+    benchmark.extra_info.update(fused_mib=fused_bytes / 2**20, eager_mib=eager_bytes / 2**20,
+                                ratio=fused_bytes / eager_bytes)
+    _run(benchmark, lambda: fused(x), "cpu", rounds=1)
+    assert fused_bytes / eager_bytes <= 0.7
+
+
 # ---- GPU (skipped here: no CUDA on the development machine) -----------------------------------
 @needs_cuda
 @pytest.mark.parametrize("impl", ["fused", "eager"])
@@ -187,6 +226,38 @@ def test_cbr_small_train_step_cuda_bf16(benchmark, impl, channels_last):
             loss = nn.functional.cross_entropy(model(x), t)
         loss.backward()
         opt.step()
+    _run(benchmark, step, "cuda", rounds=20)
+
+
+@needs_cuda
+@pytest.mark.parametrize("impl", ["fused", "eager", "compiled-eager"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_cbr_largew_train_step_cuda(benchmark, impl, dtype):
+    """CBR-LargeW, batch 32, 224 px: one SGD step (autocast for bf16). extra_info: peak memory of
+    the step above the model, parameters, gradients and optimiser state."""
+    benchmark.group = f"cuda-cbr-largew-train-step-{'bf16' if dtype == torch.bfloat16 else 'fp32'}"
+    torch.manual_seed(0)
+    model = CBRNet(CBR_SPECS["cbr_largew"], num_classes=5, fused=impl == "fused").cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(32, 3, SIZE, SIZE, device="cuda")
+    t = torch.arange(32, device="cuda") % 5
+    forward = torch.compile(model) if impl == "compiled-eager" else model
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            loss = nn.functional.cross_entropy(forward(x), t)
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):  # compile, cuDNN autotuning, optimiser state
+        step()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    benchmark.extra_info["step_peak_above_model_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
     _run(benchmark, step, "cuda", rounds=20)
 
 

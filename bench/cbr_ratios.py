@@ -24,6 +24,11 @@ def main(path: str) -> None:
             omin, omed = t[other]
             print(f"| {group}: {other} | {fmin:.4f} / {fmed:.4f} | {omin:.4f} / {omed:.4f} | "
                   f"{omin / fmin:.2f}x, {omed / fmed:.2f}x |")
+    for b in json.load(open(path))["benchmarks"]:
+        info = b.get("extra_info") or {}
+        if info:
+            print(f"{b['name']}: " + ", ".join(
+                f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items()))
 
 
 if __name__ == "__main__":
