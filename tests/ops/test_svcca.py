@@ -216,3 +216,26 @@ def test_cpu_equals_cuda():
         gpu = OPS[method](x.cuda(), y.cuda())
         assert abs(cpu.mean - gpu.mean) < 1e-6
         assert abs(gpu.mean - REFS[method](x, y)) < FLOAT32_TOL
+
+
+def _offset_layers(seed):
+    """Small layers with offset means and a ReLU (as tests/ops/test_svcca_streaming.py): float32
+    Grams of these lose ~1e-6 per entry, which PWCCA's weights amplified to 3.9e-6 (seed 6)."""
+    g = torch.Generator().manual_seed(seed)
+    n = 3000
+    z = torch.randn(n, 6, generator=g)
+    a = z @ torch.randn(6, 20, generator=g) + 0.5 * torch.randn(n, 20, generator=g) + 4
+    b = torch.relu(z @ torch.randn(6, 12, generator=g) + torch.randn(n, 12, generator=g))
+    c = torch.randn(n, 9, generator=g) + a[:, :9]
+    return a, b, c
+
+
+@pytest.mark.parametrize("seed", [0, 6])
+def test_auto_precision_meets_target_on_offset_layers(seed):
+    a, b, c = _offset_layers(seed)
+    for method in ("svcca", "cca", "pwcca"):
+        for x, y in ((a, b), (b, c), (a, c)):
+            want = OPS[method](x.double(), y.double()).mean
+            assert abs(OPS[method](x, y).mean - want) < FLOAT32_TOL, method
+    assert pwcca(b, c).dtype == "float64"
+    assert pwcca(b, c, precision="float32").dtype == "float32"

@@ -227,7 +227,7 @@ class CCAStatistics:
                 warnings.warn(
                     f"{method}({x!r}, {y!r}): statistics were accumulated with float32 GEMMs and "
                     f"the kept directions' condition is {r.condition:.3g}; the result may be off by "
-                    f"about {3e-11 * r.condition:.1g}. Accumulate with precision='float64'.",
+                    f"up to about {2e-7 * r.condition:.1g}. Accumulate with precision='float64'.",
                     RuntimeWarning, stacklevel=2)
         return results if batched else results[0]
 

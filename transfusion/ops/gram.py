@@ -7,9 +7,12 @@ z = [x_1 .. x_k] - shift and returns ``(gram, colsum)`` = (z^T z, sum of z), bot
 Numerics: rows are taken ``chunk_rows`` at a time; the shifted chunk is formed in the compute
 dtype (float32 for float16 / bfloat16 / float32 input, float64 for float64 input), each block
 product is one GEMM in that dtype (MKL / cuBLAS through ATen) and is added into float64. The shift
-is the first chunk's column mean, so the float32 products are of centred-sized numbers and the
-float32 rounding stays far below 1e-6 on the correlations; accumulating chunks in float64 keeps
-the error from growing with n. Statistics are exact given the shift: mean = shift + colsum / n,
+is the first chunk's column mean, so the float32 products are of centred-sized numbers, and
+accumulating chunks in float64 keeps the error from growing with n. What float32 GEMMs still cost
+(measured, AMD EPYC + MKL): about 1e-6 relative error per Gram entry, shorter GEMMs barely helping
+(4e-7 with 64-row blocks); on the mean correlation 1.75e-8 for SVCCA of 512+512 Gaussian neurons
+and up to 8.8e-7 (SVCCA, CCA) or 3.9e-6 (PWCCA) on small layers with offset means. Hence
+``precision="auto"`` in similarity.py. Statistics are exact given the shift: mean = shift + colsum / n,
 centred cross-products = gram - colsum colsum^T / n.
 
 The compiled op ``torch.ops.transfusion.gram_pass`` (CPU and CUDA) fuses centring, the dtype
