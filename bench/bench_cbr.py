@@ -25,6 +25,7 @@ import pytest
 import torch
 from torch import nn
 
+from transfusion.memory import saved_activation_bytes
 from transfusion.models.cbr import CBR_SPECS, CBRNet
 from transfusion.ops import CBR2d, MaxPool2dSavingIndices, bn_relu_train, reference
 
@@ -168,21 +169,6 @@ def test_cbr_block1_inference_cpu(benchmark, impl):
 
 
 # ---- saved activations (memory, not time) ------------------------------------------------------
-def saved_activation_bytes(model, x):
-    """Bytes of the distinct storages autograd saves in one training forward, the model's own
-    parameters and buffers excluded."""
-    storages = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(x)
-    own = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-    return sum(n for ptr, n in storages.items() if ptr not in own)
-
-
 @pytest.mark.parametrize("name", ["cbr_small", "cbr_largew"])
 def test_cbr_saved_activations_cpu(benchmark, name):
     benchmark.group = "cbr-saved-activations"

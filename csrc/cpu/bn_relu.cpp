@@ -71,13 +71,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
     const at::Tensor& mean, const at::Tensor& var, double eps) {
   check_inputs("bn_relu_backward", x, weight);
-  TORCH_CHECK(grad_y.sizes() == x.sizes(), "bn_relu_backward: grad_y must have x's shape ",
-              x.sizes(), ", got ", grad_y.sizes());
-  TORCH_CHECK(grad_y.scalar_type() == x.scalar_type(),
-              "bn_relu_backward: grad_y must have x's dtype");
-  TORCH_CHECK(bias.sizes() == weight.sizes() && mean.sizes() == weight.sizes() &&
-                  var.sizes() == weight.sizes(),
-              "bn_relu_backward: bias, mean and var must be (C,)");
+  check_backward_inputs(grad_y, x, weight, bias, mean, var);
   const bool cl = use_channels_last(x);
   const at::MemoryFormat fmt = format_of(cl);
   const at::Tensor xc = x.contiguous(fmt), gc = grad_y.contiguous(fmt);

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from transfusion import _extension
+from transfusion.memory import saved_activation_bytes
 from transfusion.models.cbr import CBR_SPECS, CBRNet
 from transfusion.ops import CBR2d, MaxPool2dSavingIndices, conv_bn_relu, reference
 
@@ -224,21 +225,6 @@ def test_cuda_train_step_matches_eager_bf16(channels_last):
     torch.testing.assert_close(fused.bn.running_mean, eager.bn.running_mean, rtol=2e-2, atol=2e-2)
 
 
-def _saved_bytes(module, x):
-    """Bytes of distinct storages autograd saves for backward in one training forward, not
-    counting the module's own parameters and buffers."""
-    storages = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        module(x)
-    own = {t.untyped_storage().data_ptr() for t in [*module.parameters(), *module.buffers()]}
-    return sum(nbytes for ptr, nbytes in storages.items() if ptr not in own)
-
-
 @needs_ext
 def test_fused_block_saves_its_output_less_than_eager():
     # Eager keeps the BN input (conv output) and the ReLU result; the fused block keeps the conv
@@ -246,7 +232,7 @@ def test_fused_block_saves_its_output_less_than_eager():
     fused, eager, x = _pair((2, 3, 16, 3, 1, "same", 12, 12), torch.float32, seed=5)
     x.requires_grad_()
     y_bytes = 2 * 16 * 12 * 12 * 4
-    assert _saved_bytes(eager, x) - _saved_bytes(fused, x) >= y_bytes
+    assert saved_activation_bytes(eager, x) - saved_activation_bytes(fused, x) >= y_bytes
 
 
 @needs_ext
@@ -258,7 +244,7 @@ def test_fused_cbr_model_saves_at_most_0_7_of_eager(name):
     fused = CBRNet(CBR_SPECS[name], num_classes=5, fused=True)
     eager = CBRNet(CBR_SPECS[name], num_classes=5, fused=False)
     x = torch.randn(2, 3, 64, 64)
-    ratio = _saved_bytes(fused, x) / _saved_bytes(eager, x)
+    ratio = saved_activation_bytes(fused, x) / saved_activation_bytes(eager, x)
     assert ratio <= 0.7, ratio
 
 
