@@ -74,9 +74,8 @@ print(e.cpu_output_cache_info()["cached_bytes"])
     assert out.stdout.strip() == str(6 * MiB)  # 2 + 4 + 6 > 8: the oldest ones were dropped
 
 
+@needs_ext
 def test_small_outputs_use_torch_allocator():
-    if not _extension.available():
-        pytest.skip("transfusion._C not built")
     before = _extension.cpu_output_cache_info()["cached_bytes"]
     y = torch.ops.transfusion.scale_shift_relu(torch.randn(2, 3, 8, 8), torch.ones(3), torch.zeros(3))
     del y

@@ -10,8 +10,9 @@ between the fused and the eager block. ``fused=False`` runs the eager modules.
 * training: the convolution is ATen's (oneDNN / cuDNN, with its own backward); everything after
   it is fused: ``transfusion::bn_relu_stats_forward`` (batch statistics in one pass, then
   normalise + affine + ReLU in one pass) and, in backward, ``transfusion::bn_relu_backward``
-  (ReLU mask from the output, BN reductions in one pass, grad in one pass). Running statistics
-  are updated in place as BatchNorm2d does (unbiased variance, ``momentum`` as the factor).
+  (ReLU mask recomputed from the conv output, BN reductions in one pass, grad in one pass; y is
+  not kept for backward). Running statistics are updated in place as BatchNorm2d does
+  (unbiased variance, ``momentum`` as the factor).
 * inference: BatchNorm folded into the conv weight and bias, then an in-place ReLU: one conv and
   one pass over its output.
 """

@@ -45,10 +45,6 @@ class _MaxPool2dSavingIndices(torch.autograd.Function):
         return grad_x, None, None, None, None, None
 
 
-def _pair(v):
-    return list(v) if isinstance(v, (tuple, list)) else [v, v]
-
-
 class MaxPool2dSavingIndices(nn.MaxPool2d):
     """``nn.MaxPool2d`` (same arguments, same outputs and gradients) that saves only the argmax
     indices for backward. ``return_indices=True`` is not supported (use ``nn.MaxPool2d``)."""
@@ -61,7 +57,6 @@ class MaxPool2dSavingIndices(nn.MaxPool2d):
         if not (torch.is_grad_enabled() and x.requires_grad):
             return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
                                 ceil_mode=self.ceil_mode)
-        stride = self.stride if self.stride is not None else self.kernel_size
-        return _MaxPool2dSavingIndices.apply(x, _pair(self.kernel_size), _pair(stride),
-                                             _pair(self.padding), _pair(self.dilation),
-                                             self.ceil_mode)
+        # nn.MaxPool2d already turned stride=None into kernel_size; ATen takes ints or pairs
+        return _MaxPool2dSavingIndices.apply(x, self.kernel_size, self.stride, self.padding,
+                                             self.dilation, self.ceil_mode)
