@@ -150,7 +150,10 @@ def test_numpy_and_layout():
     r = svcca(x, y)
     assert svcca(x.numpy(), y.numpy()).mean == pytest.approx(r.mean, abs=1e-12)
     assert svcca(x.numpy().T, y.numpy().T, layout="neurons_first").mean == pytest.approx(r.mean, abs=1e-12)
-    assert svcca(x.half(), y.half()).dtype == "float32"
+    # half inputs are computed in float32 GEMMs (never float16); under "auto" a problem this small
+    # takes float64 GEMMs outright (transfusion.ops.precision.FLOAT64_FREE_MACS)
+    assert svcca(x.half(), y.half(), precision="float32").dtype == "float32"
+    assert svcca(x.half(), y.half()).dtype == "float64"
     assert cca(x.to(torch.int64), y).n == x.shape[0]
 
 
@@ -239,3 +242,43 @@ def test_auto_precision_meets_target_on_offset_layers(seed):
             assert abs(OPS[method](x, y).mean - want) < FLOAT32_TOL, method
     assert pwcca(b, c).dtype == "float64"
     assert pwcca(b, c, precision="float32").dtype == "float32"
+
+
+def test_extreme_scale_gives_the_float64_answer():
+    # issue 12: float32 cka(X * 1e-25, Y) was 2.1e15 and svcca 0.0; both must match float64
+    x, y = _pair()
+    for method in ("svcca", "cka"):
+        want = OPS[method](x.double(), y.double()).mean
+        got = OPS[method](x * 1e-25, y).mean
+        assert 0.0 <= got <= 1.0
+        assert abs(got - want) < FLOAT32_TOL, method
+
+
+def test_large_offset_neurons_are_not_dropped():
+    # issue 12: float64 svcca(1e3 + 1e-3 X, Y) dropped 10 of 20 neurons; at 1e4 it returned 0.0
+    x, y = _pair(dtype=torch.float64)
+    want = svcca(x, y).mean
+    for offset in (1e3, 1e4):
+        r = svcca(offset + 1e-3 * x, y)
+        assert r.dropped == ((), ())
+        assert r.mean == pytest.approx(want, abs=1e-6)
+
+
+def test_dead_neurons_are_reported():
+    x, y = _pair()
+    x = x.clone()
+    x[:, 3] = 0.0
+    with pytest.warns(RuntimeWarning, match="dead"):
+        r = cca(x, y)
+    assert r.dropped == ((3,), ())
+
+
+@pytest.mark.parametrize("method", list(OPS))
+def test_few_datapoints_warn_and_flag(method):
+    # issue 12: svcca(randn(10, 50), randn(10, 50)) was 1.000 without a word
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(10, 50, generator=g), torch.randn(10, 50, generator=g)
+    with pytest.warns(RuntimeWarning, match="biased towards"):
+        r = OPS[method](x, y)
+    assert r.few_datapoints
+    assert not OPS[method](*_pair(n=2000, a=24, b=16)).few_datapoints

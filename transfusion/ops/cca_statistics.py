@@ -40,8 +40,10 @@ import torch
 from transfusion.errors import InputError
 from transfusion.ops import gram as _gram
 from transfusion.ops.datapoints import conv_to_datapoints
-from transfusion.ops.similarity import (AUTO_MAX_CONDITION, DEFAULT_RTOL, METHODS, SimilarityResult, as_tensor, check_finite,
-                                   _small_linalg_threads, finalise_many, moments_from_sums)
+from transfusion.ops import precision as _precision
+from transfusion.ops.similarity import (AUTO_TARGET, DEFAULT_RTOL, METHODS, SimilarityResult, as_tensor,
+                                        check_finite, _input_dtype, _small_linalg_threads, finalise_many,
+                                        moments_from_sums, warn_about)
 
 FORMAT = "transfusion-cca-statistics"
 STREAM_CHUNK_ROWS = 2048
@@ -54,6 +56,8 @@ class _Group:
     n: int = 0
     batches: int = 0
     dtype: str = ""
+    input_dtype: str = "float64"
+    scales: list[float] | None = None  # per-layer power-of-two scale (transfusion.ops.precision)
     shift: torch.Tensor | None = None
     colsum: torch.Tensor | None = None
     gram: torch.Tensor | None = None
@@ -159,6 +163,9 @@ class CCAStatistics:
         if group.widths is None:
             group.widths = widths
             dt = _gram.compute_dtype(xs, self.precision)
+            group.scales = [_precision.power_of_two_scale(x, dt) for x in xs]
+            group.input_dtype = _input_dtype(xs)
+            xs = [x if c == 1.0 else x * c for x, c in zip(xs, group.scales)]
             group.shift = _gram.first_chunk_shift(xs, self.chunk_rows, dt).to(xs[0].device)
             total = sum(widths)
             group.colsum = torch.zeros(total, dtype=torch.float64, device=xs[0].device)
@@ -166,6 +173,10 @@ class CCAStatistics:
             group.dtype = str(dt).replace("torch.", "")
         elif widths != group.widths:
             raise InputError(f"widths changed between batches: {widths} vs {group.widths} for {group.layers}")
+        else:
+            xs = [x if c == 1.0 else x * c for x, c in zip(xs, group.scales)]
+            worst = _input_dtype(xs + [torch.empty(0, dtype=getattr(torch, group.input_dtype))])
+            group.input_dtype = worst
         gram, colsum = _gram.gram_pass(xs, group.shift, self.chunk_rows, cross=len(xs) > 1,
                                        dtype=getattr(torch, group.dtype))
         check_finite(colsum, gram, [(f"layer {m!r}", group.span(m)) for m in group.layers])
@@ -209,7 +220,8 @@ class CCAStatistics:
                              f"waiting for the others of {g.layers})")
         if g.n < 2:
             raise InputError(f"need at least 2 datapoints for {a!r} and {b!r}, have {g.n}")
-        return moments_from_sums(g.n, g.shift, g.colsum, g.gram, g.span(a), g.span(b), g.dtype)
+        return moments_from_sums(g.n, g.shift, g.colsum, g.gram, g.span(a), g.span(b), g.dtype,
+                                 g.input_dtype, self.chunk_rows)
 
     def similarity(self, a: str | Sequence[str], b: str | Sequence[str], method: str = "svcca",
                    keep: float = 0.99, rtol: float = DEFAULT_RTOL):
@@ -223,12 +235,13 @@ class CCAStatistics:
         with _small_linalg_threads(moments[0].cxx.device):
             results = finalise_many(method, moments, keep, rtol)
         for (x, y), r in zip(pairs, results):
-            if r.dtype == "float32" and r.condition is not None and r.condition > AUTO_MAX_CONDITION:
+            if r.dtype == "float32" and r.error_estimate is not None and r.error_estimate > AUTO_TARGET:
                 warnings.warn(
                     f"{method}({x!r}, {y!r}): statistics were accumulated with float32 GEMMs and "
-                    f"the kept directions' condition is {r.condition:.3g}; the result may be off by "
-                    f"up to about {2e-7 * r.condition:.1g}. Accumulate with precision='float64'.",
+                    f"the rounding model puts this result's error near {r.error_estimate:.1g} "
+                    f"(target {AUTO_TARGET:g}); accumulate with precision='float64'.",
                     RuntimeWarning, stacklevel=2)
+        warn_about(results, where=f" of {pairs[0]}" if not batched else "")
         return results if batched else results[0]
 
     def svcca(self, a, b, keep: float = 0.99, rtol: float = DEFAULT_RTOL) -> SimilarityResult:
@@ -259,10 +272,15 @@ class CCAStatistics:
                 raise InputError(f"group {gname!r} has layers {og.layers} there and {g.layers} here")
             if g.n == 0:
                 g.widths, g.dtype = list(og.widths), og.dtype
+                g.input_dtype, g.scales = og.input_dtype, list(og.scales or [1.0] * len(og.widths))
                 g.shift, g.colsum, g.gram = og.shift.clone(), og.colsum.clone(), og.gram.clone()
             else:
                 if og.widths != g.widths:
                     raise InputError(f"group {gname!r}: widths {og.widths} there, {g.widths} here")
+                if list(og.scales or []) != list(g.scales or []):
+                    raise InputError(f"group {gname!r}: the layers were rescaled differently there "
+                                     f"({og.scales}) and here ({g.scales}); accumulate both from "
+                                     f"activations of the same magnitude")
                 colsum, gram = _rebase(og.n, og.shift.to(g.shift.device), og.colsum.to(g.shift.device),
                                        og.gram.to(g.shift.device), g.shift)
                 g.colsum += colsum
@@ -308,7 +326,7 @@ class CCAStatistics:
         for gname, g in self._groups.items():
             groups[gname] = {
                 "layers": list(g.layers), "widths": g.widths, "n": g.n, "batches": g.batches,
-                "dtype": g.dtype,
+                "dtype": g.dtype, "input_dtype": g.input_dtype, "scales": g.scales,
                 **{k: None if getattr(g, k) is None else getattr(g, k).detach().cpu()
                    for k in ("shift", "colsum", "gram")},
             }
@@ -337,6 +355,8 @@ class CCAStatistics:
                 stats._add_group(gname, v["layers"])
             g = stats._groups[gname]
             g.widths, g.n, g.batches, g.dtype = v["widths"], v["n"], v["batches"], v["dtype"]
+            g.input_dtype = v.get("input_dtype", "float64")
+            g.scales = v.get("scales") or (None if v["widths"] is None else [1.0] * len(v["widths"]))
             g.shift, g.colsum, g.gram = v["shift"], v["colsum"], v["gram"]
         return stats
 

@@ -35,6 +35,7 @@ import contextlib
 import json
 import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -42,21 +43,17 @@ import torch
 
 from transfusion.errors import InputError
 from transfusion.ops import gram as _gram
+from transfusion.ops import precision as _precision
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RTOL = 1e-6
-# precision="auto": above this ratio of largest to smallest kept variance, a float32 Gram pass is
-# redone in float64. Measured worst errors of float32 Grams on the mean correlation: 1.75e-8 for
-# SVCCA of 512+512 Gaussian neurons (n=100k); up to 8.8e-7 for SVCCA / CCA and 3.9e-6 for PWCCA of
-# the small offset layers of tests/ops/test_svcca_streaming.py (conditions 17-425; about 1e-6
-# relative error per float32 Gram entry on an AMD EPYC with MKL, whatever the GEMM's length).
-AUTO_MAX_CONDITION = 3e3
-# PWCCA's projection weights amplify Gram rounding beyond what the condition shows, so under
-# precision="auto" it always takes float64 GEMMs.
-AUTO_FLOAT64_METHODS = ("pwcca",)
-# A neuron whose variance is below CONSTANT_TOL * (mean^2 + variance) is constant (or dead).
-CONSTANT_TOL = 1e-12
+# precision="auto" keeps float32 GEMMs only where the rounding model of transfusion.ops.precision
+# puts the mean within AUTO_TARGET (1e-6) of the float64 result; see that module.
+AUTO_TARGET = _precision.AUTO_TARGET
+# CCA-family values are biased towards 1 below this many datapoints per neuron (exactly 1 at or
+# below one datapoint per neuron).
+MIN_DATAPOINTS_PER_NEURON = 10
 LAYOUTS = ("datapoints_first", "neurons_first")
 METHODS = ("svcca", "cca", "pwcca", "cka")
 
@@ -68,7 +65,10 @@ class SimilarityResult:
     method: "svcca" | "cca" | "pwcca" | "cka"; mean: the similarity (mean canonical correlation;
     for pwcca the projection-weighted mean; for cka the CKA value); coefficients: canonical
     correlations, descending, float64 on the CPU (empty for cka); kept: directions kept per side
-    (cka: the widths); n: datapoints; dtype: the dtype of the Gram pass; weights: pwcca's alphas.
+    (cka: the widths); n: datapoints; dtype: the dtype of the Gram pass; weights: pwcca's alphas;
+    dropped: constant (dead) neurons left out, per side; few_datapoints: fewer than 10 datapoints
+    per neuron (the value is biased towards 1); error_estimate: for a float32 Gram pass, the
+    modelled rounding error of ``mean`` (4 standard deviations).
     """
 
     method: str
@@ -81,6 +81,12 @@ class SimilarityResult:
     rtol: float | None = None
     condition: float | None = None  # largest / smallest kept variance, worst side
     weights: torch.Tensor | None = field(default=None, repr=False)
+    # neurons left out as constant (dead) per side, as indices into x's and y's columns
+    dropped: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
+    # n < MIN_DATAPOINTS_PER_NEURON x the wider layer: the value is biased towards 1
+    few_datapoints: bool = False
+    # float32 Gram pass only: modelled rounding error of ``mean`` (transfusion.ops.precision)
+    error_estimate: float | None = None
 
     def __float__(self) -> float:
         return float(self.mean)
@@ -90,8 +96,13 @@ class SimilarityResult:
         shown = ", ".join(f"{v:.4f}" for v in (c if len(c) <= 6 else c[:3] + c[-2:]))
         if len(c) > 6:
             shown = shown.rsplit(", ", 2)[0] + ", ..., " + ", ".join(f"{v:.4f}" for v in c[-2:])
+        extra = ""
+        if any(self.dropped):
+            extra += f", dropped=({len(self.dropped[0])}, {len(self.dropped[1])})"
+        if self.few_datapoints:
+            extra += ", few_datapoints=True"
         return (f"SimilarityResult(method={self.method!r}, mean={self.mean:.6f}, n={self.n}, "
-                f"kept={self.kept}, dtype={self.dtype}, coefficients=[{shown}] ({len(c)}))")
+                f"kept={self.kept}, dtype={self.dtype}{extra}, coefficients=[{shown}] ({len(c)}))")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -100,6 +111,8 @@ class SimilarityResult:
             "condition": self.condition,
             "coefficients": [float(v) for v in self.coefficients.tolist()],
             "weights": None if self.weights is None else [float(v) for v in self.weights.tolist()],
+            "dropped": [list(self.dropped[0]), list(self.dropped[1])],
+            "few_datapoints": bool(self.few_datapoints), "error_estimate": self.error_estimate,
         }
 
     def to_json(self, indent: int | None = None) -> str:
@@ -111,7 +124,10 @@ class SimilarityResult:
                    coefficients=torch.tensor(d["coefficients"], dtype=torch.float64),
                    kept=tuple(d["kept"]), n=int(d["n"]), dtype=d["dtype"], keep=d.get("keep"),
                    rtol=d.get("rtol"), condition=d.get("condition"),
-                   weights=None if d.get("weights") is None else torch.tensor(d["weights"], dtype=torch.float64))
+                   weights=None if d.get("weights") is None else torch.tensor(d["weights"], dtype=torch.float64),
+                   dropped=tuple(tuple(int(i) for i in side) for side in d.get("dropped", ((), ()))),
+                   few_datapoints=bool(d.get("few_datapoints", False)),
+                   error_estimate=d.get("error_estimate"))
 
 
 @dataclass
@@ -124,18 +140,25 @@ class Moments:
     cxx: torch.Tensor  # sum over datapoints of (x - mean)(x - mean)^T
     cyy: torch.Tensor
     cxy: torch.Tensor
-    dtype: str
+    dtype: str  # of the Gram pass's GEMMs
+    input_dtype: str = "float64"  # of the activations (decides what "constant" means)
+    norm_x: torch.Tensor | None = None  # norms of the shifted columns (the rounding model's scale)
+    norm_y: torch.Tensor | None = None
+    chunk_rows: int | None = None  # rows per float32 GEMM (the rounding model's sum length)
 
 
 def moments_from_sums(n: int, shift: torch.Tensor, colsum: torch.Tensor, gram: torch.Tensor,
-                      sx: slice, sy: slice, dtype: str) -> Moments:
+                      sx: slice, sy: slice, dtype: str, input_dtype: str = "float64",
+                      chunk_rows: int | None = None) -> Moments:
     """Centre the shifted sums of a joint Gram for the columns sx (x side) and sy (y side)."""
     def block(a: slice, b: slice) -> torch.Tensor:
         return gram[a, b] - torch.outer(colsum[a], colsum[b]) / n
 
     cxx, cyy = block(sx, sx), block(sy, sy)
     mean = shift + colsum / n
-    return Moments(n, mean[sx], mean[sy], (cxx + cxx.T) / 2, (cyy + cyy.T) / 2, block(sx, sy), dtype)
+    norms = torch.sqrt(torch.diagonal(gram).clamp_min(0))
+    return Moments(n, mean[sx], mean[sy], (cxx + cxx.T) / 2, (cyy + cyy.T) / 2, block(sx, sy), dtype,
+                   input_dtype, norms[sx], norms[sy], chunk_rows)
 
 
 # ---- inputs ---------------------------------------------------------------------------------------
@@ -186,6 +209,13 @@ def _prepare(x: Any, y: Any, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+def rescale_layer(x: torch.Tensor, gemm_dtype: torch.dtype) -> torch.Tensor:
+    """x times a power of two when its magnitude would under- or overflow the Gram's squares
+    (exact; every similarity here is invariant to a per-layer scale). A copy only in that case."""
+    scale = _precision.power_of_two_scale(x, gemm_dtype)
+    return x if scale == 1.0 else x * scale
+
+
 def check_finite(colsum: torch.Tensor, gram: torch.Tensor, spans: Sequence[tuple[str, slice]]) -> None:
     """NaN / Inf anywhere in the data shows in the column sums or the Gram diagonal (free check)."""
     diag = torch.diagonal(gram)
@@ -201,35 +231,60 @@ def check_finite(colsum: torch.Tensor, gram: torch.Tensor, spans: Sequence[tuple
         raise InputError("the activations contain NaN or Inf")
 
 
+def _input_dtype(xs: Sequence[torch.Tensor]) -> str:
+    """The least precise input dtype (it decides how much variation counts as constant)."""
+    worst = max(xs, key=lambda t: _precision.unit_roundoff(t.dtype)).dtype
+    return str(worst).replace("torch.", "")
+
+
 def pair_moments(x: torch.Tensor, y: torch.Tensor, chunk_rows: int = _gram.DEFAULT_CHUNK_ROWS,
                  precision: str = "auto", use_kernel: bool | None = None) -> Moments:
     """One Gram pass over [x, y] -> centred float64 moments (GEMMs in float32 unless
     precision="float64" or an input is float64)."""
-    xs = [x, y]
-    dt = _gram.compute_dtype(xs, precision)
+    dt = _gram.compute_dtype([x, y], precision)
+    xs = [rescale_layer(x, dt), rescale_layer(y, dt)]
     shift = _gram.first_chunk_shift(xs, chunk_rows, dt)
     gram, colsum = _gram.gram_pass(xs, shift, chunk_rows, cross=True, dtype=dt, use_kernel=use_kernel)
     a, b = x.shape[1], y.shape[1]
     sx, sy = slice(0, a), slice(a, a + b)
     check_finite(colsum, gram, [("x", sx), ("y", sy)])
     dtype = str(dt).replace("torch.", "")
-    return moments_from_sums(x.shape[0], shift.to(gram.device), colsum, gram, sx, sy, dtype)
+    return moments_from_sums(x.shape[0], shift.to(gram.device), colsum, gram, sx, sy, dtype,
+                             _input_dtype([x, y]), chunk_rows)
 
 
 # ---- finalisation ---------------------------------------------------------------------------------
 
-def _side_matrix(c: torch.Tensor, mean: torch.Tensor, n: int, standardise: bool
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(matrix to decompose, kept neuron indices, their scale)."""
+@dataclass
+class _Side:
+    """One layer's kept neurons and the eigendecomposition of their (standardised) covariance."""
+
+    matrix: torch.Tensor  # the (standardised) covariance of the kept neurons
+    idx: torch.Tensor  # kept neurons
+    scale: torch.Tensor  # their standardisation (ones for SVCCA)
+    dropped: tuple[int, ...]  # constant neurons left out
+    width: int
+    norm: torch.Tensor | None  # shifted column norms of the kept neurons, standardised
+    lam: torch.Tensor | None = None
+    vec: torch.Tensor | None = None
+
+
+def _side(c: torch.Tensor, mean: torch.Tensor, n: int, standardise: bool, input_dtype: str,
+          norm: torch.Tensor | None) -> _Side:
+    """Leave out constant neurons: variance within rounding of the neuron's own magnitude in its
+    input dtype (transfusion.ops.precision.constant_tolerance)."""
     var = torch.diagonal(c).clamp_min(0) / n
-    valid = var > CONSTANT_TOL * (mean**2 + var)
+    tol = _precision.constant_tolerance(getattr(torch, input_dtype))
+    valid = var > tol * (mean**2 + var)
     idx = torch.nonzero(valid).flatten()
+    dropped = tuple(int(i) for i in torch.nonzero(~valid).flatten().tolist())
     if standardise:
         scale = torch.rsqrt(torch.diagonal(c)[idx])
     else:
         scale = torch.ones(idx.numel(), dtype=c.dtype, device=c.device)
     m = c[idx][:, idx] * torch.outer(scale, scale)
-    return m, idx, scale
+    kept_norm = None if norm is None else norm[idx] * scale
+    return _Side(m, idx, scale, dropped, c.shape[0], kept_norm)
 
 
 @contextlib.contextmanager
@@ -267,22 +322,85 @@ def _eigh_many(mats: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tenso
     return out  # type: ignore[return-value]
 
 
-def _whitener(eig: tuple[torch.Tensor, torch.Tensor], idx: torch.Tensor, scale: torch.Tensor,
-              width: int, keep: float | None, rtol: float) -> tuple[torch.Tensor, float]:
-    """(W (width, k), condition): X_c W is an orthonormal basis of the kept directions;
-    condition = largest / smallest kept variance."""
-    lam, vec = eig
+def _kept_directions(side: _Side, keep: float | None, rtol: float) -> tuple[int, int]:
+    """(k, rank): directions kept (rtol and, for SVCCA, the ``keep`` variance cut) and directions
+    above rtol alone."""
+    lam = side.lam
     if lam.numel() == 0 or lam[0] <= 0:
-        return lam.new_zeros(width, 0), 1.0
-    k = int((lam > rtol * lam[0]).sum())
+        return 0, 0
+    rank = int((lam > rtol * lam[0]).sum())
+    k = rank
     if keep is not None:
         pos = lam.clamp_min(0)
         frac = torch.cumsum(pos, 0) / pos.sum()
         k = min(k, int((frac < keep - 1e-12).sum()) + 1)
-    w_kept = vec[:, :k] * torch.rsqrt(lam[:k]) * scale[:, None]
-    w = lam.new_zeros(width, k)
-    w[idx] = w_kept
-    return w, float(lam[0] / lam[k - 1])
+    return k, rank
+
+
+def _whitener(side: _Side, cols: slice) -> torch.Tensor:
+    """W (width, len(cols)): X_c W is an orthonormal basis of the directions ``cols``."""
+    lam, vec = side.lam[cols], side.vec[:, cols]
+    w = lam.new_zeros(side.width, lam.numel())
+    w[side.idx] = vec * torch.rsqrt(lam) * side.scale[:, None]
+    return w
+
+
+def _solve(method: str, m: Moments, sx: _Side, sy: _Side, keep: float | None,
+           rtol: float) -> SimilarityResult:
+    kx, rank_x = _kept_directions(sx, keep, rtol)
+    ky, rank_y = _kept_directions(sy, keep, rtol)
+    wx, wy = _whitener(sx, slice(0, kx)), _whitener(sy, slice(0, ky))
+    cond = max(float(s.lam[0] / s.lam[k - 1]) if k else 1.0 for s, k in ((sx, kx), (sy, ky)))
+    r = min(kx, ky)
+    weights, error = None, None
+    if r == 0:
+        log.warning("%s: a layer has no variance left (constant / dead); similarity set to 0", method)
+        rho = wx.new_zeros(0)
+        mean = 0.0
+    else:
+        u, rho, vh = torch.linalg.svd(wx.T @ m.cxy @ wy, full_matrices=False)
+        rho = rho[:r].clamp(0.0, 1.0)
+        mean = float(rho.mean())
+        if method == "pwcca":
+            alpha = (u[:, :r].T @ (wx.T @ m.cxx)).abs().sum(dim=1)
+            weights = (alpha / alpha.sum()).cpu()
+            mean = float((weights * rho.cpu()).sum())
+        if m.dtype == "float32" and sx.norm is not None and method != "pwcca":
+            error = _rounding_error(m, sx, sy, (kx, rank_x), (ky, rank_y), wx, wy, u, rho, vh.T)
+    return SimilarityResult(method, mean, rho.cpu(), (kx, ky), m.n, m.dtype,
+                            keep=keep, rtol=rtol, condition=cond, weights=weights,
+                            dropped=(sx.dropped, sy.dropped), error_estimate=error)
+
+
+def _rounding_error(m: Moments, sx: _Side, sy: _Side, kr_x: tuple[int, int], kr_y: tuple[int, int],
+                    wx: torch.Tensor, wy: torch.Tensor, u: torch.Tensor, rho: torch.Tensor,
+                    v: torch.Tensor) -> float:
+    """The rounding model's error of the mean (transfusion.ops.precision) for a float32 pass."""
+    s = _precision.per_entry_error(m.n, m.chunk_rows or m.n)
+    dx = torch.zeros(sx.width, dtype=wx.dtype, device=wx.device)
+    dy = torch.zeros(sy.width, dtype=wy.dtype, device=wy.device)
+    dx[sx.idx], dy[sy.idx] = m.norm_x[sx.idx], m.norm_y[sy.idx]
+    r = rho.numel()
+    trunc = rho.new_zeros(())
+    (kx, rank_x), (ky, rank_y) = kr_x, kr_y
+    if rank_x > kx:
+        t_drop = _whitener(sx, slice(kx, rank_x)).T @ m.cxy @ wy
+        trunc = trunc + _precision.truncation_variance(sx.lam, sx.vec, sx.norm, kx, rank_x, u, t_drop, v, r)
+    if rank_y > ky:
+        t_drop = _whitener(sy, slice(ky, rank_y)).T @ m.cxy.T @ wx
+        trunc = trunc + _precision.truncation_variance(sy.lam, sy.vec, sy.norm, ky, rank_y, v, t_drop, u, r)
+    return _precision.cca_mean_error(s, dx, dy, wx, wy, u, rho, v, trunc)
+
+
+def _cka(m: Moments) -> SimilarityResult:
+    den = torch.linalg.matrix_norm(m.cxx) * torch.linalg.matrix_norm(m.cyy)
+    val = float(torch.linalg.matrix_norm(m.cxy) ** 2 / den) if den > 0 else 0.0
+    error = None
+    if m.dtype == "float32" and m.norm_x is not None:
+        s = _precision.per_entry_error(m.n, m.chunk_rows or m.n)
+        error = _precision.cka_error(s, m.cxx, m.cyy, m.cxy, m.norm_x, m.norm_y)
+    return SimilarityResult("cka", min(max(val, 0.0), 1.0), torch.zeros(0, dtype=torch.float64),
+                            (m.cxx.shape[0], m.cyy.shape[0]), m.n, m.dtype, error_estimate=error)
 
 
 def finalise_many(method: str, moments: list[Moments], keep: float | None = 0.99,
@@ -291,47 +409,56 @@ def finalise_many(method: str, moments: list[Moments], keep: float | None = 0.99
     if method not in METHODS:
         raise InputError(f"method must be one of {METHODS}, got {method!r}")
     if method == "cka":
-        results = []
+        results = [_cka(m) for m in moments]
+    else:
+        svd_keep = keep if method == "svcca" else None
+        standardise = method != "svcca"
+        sides = []
         for m in moments:
-            den = torch.linalg.matrix_norm(m.cxx) * torch.linalg.matrix_norm(m.cyy)
-            val = float(torch.linalg.matrix_norm(m.cxy) ** 2 / den) if den > 0 else 0.0
-            results.append(SimilarityResult("cka", val, torch.zeros(0, dtype=torch.float64),
-                                            (m.cxx.shape[0], m.cyy.shape[0]), m.n, m.dtype))
-        return results
-    svd_keep = keep if method == "svcca" else None
-    standardise = method != "svcca"
-    sides = []
-    for m in moments:
-        sides.append(_side_matrix(m.cxx, m.mean_x, m.n, standardise))
-        sides.append(_side_matrix(m.cyy, m.mean_y, m.n, standardise))
-    eigs = _eigh_many([s[0] for s in sides])
-    results = []
-    for i, m in enumerate(moments):
-        wx, cond_x = _whitener(eigs[2 * i], sides[2 * i][1], sides[2 * i][2], m.cxx.shape[0], svd_keep, rtol)
-        wy, cond_y = _whitener(eigs[2 * i + 1], sides[2 * i + 1][1], sides[2 * i + 1][2], m.cyy.shape[0],
-                       svd_keep, rtol)
-        kept = (wx.shape[1], wy.shape[1])
-        r = min(kept)
-        weights = None
-        if r == 0:
-            log.warning("%s: a layer has no variance left (constant / dead); similarity set to 0", method)
-            rho = wx.new_zeros(0)
-            mean = 0.0
-        else:
-            u, rho, _ = torch.linalg.svd(wx.T @ m.cxy @ wy, full_matrices=False)
-            rho = rho[:r].clamp(0.0, 1.0)
-            mean = float(rho.mean())
-            if method == "pwcca":
-                alpha = (u[:, :r].T @ (wx.T @ m.cxx)).abs().sum(dim=1)
-                weights = (alpha / alpha.sum()).cpu()
-                mean = float((weights * rho.cpu()).sum())
-        results.append(SimilarityResult(method, mean, rho.cpu(), kept, m.n, m.dtype,
-                                        keep=svd_keep, rtol=rtol, condition=max(cond_x, cond_y),
-                                        weights=weights))
+            sides.append(_side(m.cxx, m.mean_x, m.n, standardise, m.input_dtype, m.norm_x))
+            sides.append(_side(m.cyy, m.mean_y, m.n, standardise, m.input_dtype, m.norm_y))
+        for side, (lam, vec) in zip(sides, _eigh_many([s.matrix for s in sides])):
+            side.lam, side.vec = lam, vec
+        results = [_solve(method, m, sides[2 * i], sides[2 * i + 1], svd_keep, rtol)
+                   for i, m in enumerate(moments)]
+    for m, r in zip(moments, results):
+        r.few_datapoints = m.n < MIN_DATAPOINTS_PER_NEURON * max(m.cxx.shape[0], m.cyy.shape[0])
     return results
 
 
+def warn_about(results: Sequence[SimilarityResult], where: str = "") -> None:
+    """One warning per result that left neurons out or had too few datapoints per neuron."""
+    for r in results:
+        if any(r.dropped):
+            sides = [f"{name}: {list(d[:10])}{' ...' if len(d) > 10 else ''} ({len(d)})"
+                     for name, d in zip(("x", "y"), r.dropped) if d]
+            warnings.warn(f"{r.method}{where}: left out constant (dead) neurons, "
+                          f"{'; '.join(sides)}; their indices are in result.dropped",
+                          RuntimeWarning, stacklevel=3)
+        if r.few_datapoints:
+            widest = max(r.kept) if r.method == "cka" else None
+            need = MIN_DATAPOINTS_PER_NEURON * (widest or max(r.n, 1))
+            exact = " (exactly 1 when n <= neurons)" if r.method != "cka" else ""
+            warnings.warn(f"{r.method}{where}: {r.n} datapoints is fewer than "
+                          f"{MIN_DATAPOINTS_PER_NEURON} per neuron, so the value is biased towards "
+                          f"1{exact}; use at least {need if widest else 'ten times the wider layer'} "
+                          f"datapoints (result.few_datapoints is set)",
+                          RuntimeWarning, stacklevel=3)
+
+
 # ---- public API -----------------------------------------------------------------------------------
+
+def _gemm_precision(method: str, precision: str, x: torch.Tensor, y: torch.Tensor) -> str:
+    """Resolve precision="auto" before the pass: float64 where it is cheap or the model does not
+    cover the method; float32 (checked after the pass) otherwise."""
+    if precision != "auto":
+        return precision
+    if method in _precision.FLOAT64_METHODS:
+        return "float64"
+    if _precision.float64_is_cheap(x.shape[0], x.shape[1] + y.shape[1]):
+        return "float64"
+    return "auto"
+
 
 def _run(method: str, x: Any, y: Any, keep: float | None, rtol: float, layout: str,
          chunk_rows: int, precision: str) -> SimilarityResult | list[SimilarityResult]:
@@ -345,22 +472,22 @@ def _run(method: str, x: Any, y: Any, keep: float | None, rtol: float, layout: s
     if precision not in _gram.PRECISIONS:
         raise InputError(f"precision must be one of {_gram.PRECISIONS}, got {precision!r}")
     pairs = [_prepare(xi, yi, layout) for xi, yi in (zip(x, y) if batched else [(x, y)])]
-    if precision == "auto" and method in AUTO_FLOAT64_METHODS:
-        precision = "float64"
-    moments = [pair_moments(xt, yt, chunk_rows, precision) for xt, yt in pairs]
+    chosen = [_gemm_precision(method, precision, xt, yt) for xt, yt in pairs]
+    moments = [pair_moments(xt, yt, chunk_rows, p) for (xt, yt), p in zip(pairs, chosen)]
     with _small_linalg_threads(moments[0].cxx.device):
         results = finalise_many(method, moments, keep, rtol)
-    if precision == "auto" and method != "cka":
-        # float32 Grams lose more as the condition grows: redo ill-conditioned pairs in float64 so
-        # the result stays within 1e-6 of the float64 reference (see AUTO_MAX_CONDITION).
-        redo = [i for i, r in enumerate(results)
-                if r.dtype == "float32" and r.condition is not None and r.condition > AUTO_MAX_CONDITION]
-        if redo:
-            exact_moments = [pair_moments(*pairs[i], chunk_rows, "float64") for i in redo]
-            with _small_linalg_threads(exact_moments[0].cxx.device):
-                exact = finalise_many(method, exact_moments, keep, rtol)
-            for i, r in zip(redo, exact):
-                results[i] = r
+    # precision="auto" with a float32 pass: redo in float64 where the rounding model does not put
+    # the mean within AUTO_TARGET of the float64 result.
+    redo = [i for i, (p, r) in enumerate(zip(chosen, results))
+            if p == "auto" and r.dtype == "float32"
+            and (r.error_estimate is None or not r.error_estimate <= AUTO_TARGET)]
+    if redo:
+        exact_moments = [pair_moments(*pairs[i], chunk_rows, "float64") for i in redo]
+        with _small_linalg_threads(exact_moments[0].cxx.device):
+            exact = finalise_many(method, exact_moments, keep, rtol)
+        for i, r in zip(redo, exact):
+            results[i] = r
+    warn_about(results)
     return results if batched else results[0]
 
 
