@@ -121,21 +121,17 @@ def compare_models(models: dict[str, nn.Module], pairs: list[tuple[str, str]], b
 
 
 def load_checkpoint_model(path) -> tuple[nn.Module, dict]:
-    """A model rebuilt from our own model checkpoint format ('transfusion-model'), plus its header."""
-    from transfusion.models import build_model
+    """A model rebuilt from our own model checkpoint format ('transfusion-model'), plus its header
+    (model_name, num_classes, in_channels, meta). Read by the one safe loader
+    (``transfusion.initializers.load_model_checkpoint``), which also restores Inception-v3's
+    ``transform_input`` from the file's meta."""
+    from transfusion.initializers.checkpoint import load_model_checkpoint
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; give the step0.pt / model_final.pt "
                               f"of a run folder (runs/<run_id>/checkpoints/)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != "transfusion-model":
-        raise CheckpointError(f"{path} is not a transfusion model checkpoint (no format "
-                              f"'transfusion-model'); compare needs checkpoints written by "
-                              f"`transfusion train` / `transfusion run`")
-    model = build_model(ckpt["model_name"], ckpt["num_classes"], ckpt.get("in_channels", 3))
-    model.load_state_dict(ckpt["state_dict"])
-    return model, {k: v for k, v in ckpt.items() if k != "state_dict"}
+    return load_model_checkpoint(path)
 
 
 def init_vs_final(step0: Path, final: Path, batches, *, out: Path | None = None,

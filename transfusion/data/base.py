@@ -73,6 +73,10 @@ class ImageDataset(Dataset):
         if limit is not None:
             if limit <= 0:
                 raise DataError(f"limit must be a positive number of images, got {limit}")
+            if limit > len(table):
+                raise DataError(f"{dataset} {split}: asked for {limit} images (--small-data / "
+                                f"--limit) but the split has only {len(table)}; give at most "
+                                f"{len(table)}, or leave the limit out to use them all")
             table = table.select(np.arange(min(limit, len(table))))
         splits_mod.check_not_empty(len(table), dataset, root, split)
         self.table = table

@@ -36,7 +36,7 @@ import numpy as np
 
 from transfusion.data import splits as S
 from transfusion.data.base import ItemTable
-from transfusion.data.csvfile import read_table
+from transfusion.data.csvfile import check_inside_root, read_table
 from transfusion.data.tasks import CHEXPERT_COMPETITION
 from transfusion.errors import ConfigError, DataError
 
@@ -167,6 +167,7 @@ def read_chexpert_csv(path: str | Path, *, binary_only: bool = False) -> Chexper
             raise DataError(f"{path}, line {lines[i]}: {CHEXPERT_COMPETITION[k]} is "
                             f"{'blank' if np.isnan(v) else v}; valid.csv holds only 0/1 labels "
                             "(use train.csv for uncertain labels)")
+    check_inside_root(paths, path, lines, "Path")
     pids = _PATIENT_LINE.findall("\n".join(paths))  # one C-level pass when every path has one
     if len(pids) != len(paths):
         pids = [m.group(1) if m else None for m in map(_PATIENT.search, paths)]

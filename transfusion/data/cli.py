@@ -32,7 +32,10 @@ def make(
     import time
 
     from transfusion.data import synthetic
+    from transfusion.validation import check_options, check_writable_dir
 
+    check_options(workers=workers, n=n, size=size, classes=classes)
+    check_writable_dir("--out", out)
     t0 = time.perf_counter()
     w = workers or None
     if kind is Kind.fundus:

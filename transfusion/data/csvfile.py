@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import math
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -11,8 +12,8 @@ from transfusion.errors import DataError
 
 def open_text(path: Path):
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", newline="")
-    return open(path, newline="")
+        return gzip.open(path, "rt", newline="", encoding="utf-8-sig")
+    return open(path, newline="", encoding="utf-8-sig")  # utf-8-sig: a BOM is not a header character
 
 
 def read_rows(path: str | Path, required: Sequence[str], what: str
@@ -53,7 +54,7 @@ def parse_int_label(value: str, allowed: range, path, lineno: int, column: str) 
         v = float(value)
     except ValueError:
         v = None
-    if v is None or v != int(v) or int(v) not in allowed:
+    if v is None or not math.isfinite(v) or v != int(v) or int(v) not in allowed:
         raise DataError(f"{path}, line {lineno}: {column} must be an integer in "
                         f"{allowed.start}..{allowed.stop - 1}, got {value!r}")
     return int(v)
@@ -87,3 +88,17 @@ def read_table(path: str | Path, required: Sequence[str], what: str) -> tuple[li
         raise DataError(f"{path}, line {lines[i]}: {len(body[i])} fields, the header has {n}; "
                         "fix or remove the line")
     return header, body, lines
+
+
+def check_inside_root(values: Sequence[str], path, lines: Sequence[int], column: str) -> None:
+    """Refuse label-file entries that would reach outside the dataset root: an absolute path, a
+    drive letter or a ``..`` part (a hostile or broken label file must not read other files)."""
+    joined = "\n".join(values)
+    if ".." not in joined and "\n/" not in "\n" + joined and "\\" not in joined and ":" not in joined:
+        return
+    for value, lineno in zip(values, lines):
+        parts = value.replace("\\", "/").split("/")
+        if value.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
+            raise DataError(f"{path}, line {lineno}: {column} {value!r} points outside the dataset "
+                            "folder (absolute path or '..'); label files may only name images "
+                            "inside the dataset root: fix or remove the line")

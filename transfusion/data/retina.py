@@ -59,6 +59,10 @@ def read_grade_csv(csv_path: Path, image_dir: Path, id_col: str, label_col: str,
         image = row[ci].strip()
         if not image:
             raise DataError(f"{csv_path}, line {lineno}: empty {id_col}")
+        if "/" in image or "\\" in image or image in (".", ".."):
+            raise DataError(f"{csv_path}, line {lineno}: {id_col} {image!r} is a path, not an "
+                            "image name; label files may only name images inside the dataset "
+                            "folder (no '/', '\\' or '..'): fix or remove the line")
         grades.append(parse_int_label(row[cl], range(5), csv_path, lineno, label_col))
         ids.append(image)
         paths.append(str(image_dir / files.get(image, image + default_ext)))

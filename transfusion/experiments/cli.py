@@ -28,13 +28,20 @@ def _run(name: str, *, preset, dataset, data_dir, data_format, models, seeds, st
     from transfusion.experiments import config as C
     from transfusion.experiments.engine import run_experiment
 
+    from transfusion.validation import check_options, check_writable_dir, parse_seeds
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    check_options(image_size=image_size, batch_size=batch_size, steps=steps, threads=threads,
+                  device=device, small_data=small_data)
+    seed_list = parse_seeds(seeds)
+    check_writable_dir("--out", out)
+    check_writable_dir("--runs", runs)
     names = EXPERIMENT_NAMES if name == "all" else (name,)
     t_all = time.perf_counter()
     for n in names:
         cfg = C.make_config(
             n, preset=preset, dataset=dataset, data_dir=data_dir, data_format=data_format,
-            models=C.parse_list(models), seeds=C.parse_list(seeds, int), steps=steps,
+            models=C.parse_list(models), seeds=seed_list, steps=steps,
             image_size=image_size, batch_size=batch_size, pretrained=C.parse_pretrained(pretrained),
             out=out, runs=runs, executor=executor, threshold=threshold,
             small_data=small_data, upto=upto, cache=cache, device=device, threads=threads)
@@ -133,9 +140,19 @@ def compare(
     from transfusion.analysis.similarity import compare_models, eval_batches, load_checkpoint_model
     from transfusion.data import load_dataset
 
+    from transfusion.errors import CheckpointError
+    from transfusion.validation import check_model_input, check_options
+
+    check_options(image_size=image_size, device=device, images=images, pool=pool)
     a, ha = load_checkpoint_model(ckpt_a)
-    b, _ = load_checkpoint_model(ckpt_b)
+    b, hb = load_checkpoint_model(ckpt_b)
+    if ha.get("in_channels", 3) != hb.get("in_channels", 3):
+        raise CheckpointError(f"{ckpt_a} takes {ha.get('in_channels', 3)}-channel images and "
+                              f"{ckpt_b} {hb.get('in_channels', 3)}-channel images: one set of "
+                              "images cannot feed both; compare models trained on the same inputs")
     size = image_size or (ha.get("meta") or {}).get("image_size") or 64
+    for header in (ha, hb):
+        check_model_input(header["model_name"], size, 32, header.get("in_channels", 3), device)
     if data == "synthetic":
         from transfusion.data.synthetic import ensure_synthetic
 

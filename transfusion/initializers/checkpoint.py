@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from transfusion.errors import CheckpointError
+from transfusion.checkpoints import load_torch_file
+from transfusion.errors import CheckpointError, ConfigError
 from transfusion.models import MODEL_NAMES, build_model, canonical_model_name, model_skeleton
 from transfusion.utils import atomic_torch_save
 
@@ -82,21 +83,17 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"checkpoint file {str(path)!r} does not exist; pass the path of an "
                               "ImageNet .pth file (torchvision/timm) or of a transfusion model "
                               "checkpoint")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types here: zip, pickle, EOF, runtime errors
-        text = str(exc)
-        if "weights_only" in text or "Weights only load failed" in text:
-            raise CheckpointError(
-                f"{str(path)!r} holds Python objects besides tensors (e.g. a training "
-                "checkpoint with its arguments), which are not loaded for safety. If you trust "
-                "the file, extract its weights once: python -c \"import torch; "
-                f"c = torch.load('{path}', weights_only=False); "
-                "torch.save(c.get('state_dict', c), 'weights.pth')\"") from exc
-        raise CheckpointError(
-            f"cannot read {str(path)!r} as a torch checkpoint ({type(exc).__name__}: "
-            f"{text.splitlines()[0] if text else ''}); the file is truncated, corrupt or not a "
-            "checkpoint: download or copy it again") from exc
+    obj = load_torch_file(path, "checkpoint", _TRUSTED_FIX)
+    return checkpoint_from_object(path, obj)
+
+
+_TRUSTED_FIX = ("if you trust the file (e.g. a training checkpoint with its arguments), extract its "
+                "weights once in a Python session of your own (torch.load it there, then torch.save "
+                "only its 'state_dict' entry) and pass that file")
+
+
+def checkpoint_from_object(path: str | os.PathLike, obj) -> Checkpoint:
+    """A ``Checkpoint`` from what ``load_torch_file`` read from ``path``."""
     model_name = info = None
     notes: list[str] = []
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
@@ -117,6 +114,12 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
             f"{str(path)!r} is a readable torch file but not a model state_dict (found a {what}"
             f"{' with keys ' + str(keys) if keys else ''}); expected a dict of tensors, "
             f"possibly under one of {list(_WRAPPER_KEYS)}")
+    bad = [k for k, v in obj.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(
+            f"{str(path)!r} holds NaN or infinite values in {len(bad)} tensor(s) (first: "
+            f"{bad[0]}): the weights are broken (a diverged run or a bad download); use another "
+            "checkpoint")
     state_dict, prefix_notes = _strip_prefixes(dict(obj))
     return Checkpoint(str(path), file_sha256(path), state_dict, model_name, notes + prefix_notes,
                       info)
@@ -148,15 +151,28 @@ def save_model_checkpoint(path: str | os.PathLike, model: nn.Module, model_name:
 def load_model_checkpoint(path: str | os.PathLike, *, cbr_fused: bool = True):
     """Rebuild the model saved by ``save_model_checkpoint``: returns ``(model, info)`` where
     ``info`` holds model_name, num_classes, in_channels and meta."""
-    ckpt = read_checkpoint(path)
-    if ckpt.info is None:
+    path = Path(path)
+    obj = load_torch_file(path, "model checkpoint",
+                          "give a model_final.pt or checkpoints/step0.pt of a run folder")
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a transfusion model checkpoint (it has no "
                               f"'format': '{FORMAT}' entry); build the model with build_model() "
                               "and use initialize(..., 'transfer', checkpoint=...) instead")
+    ckpt = checkpoint_from_object(path, obj)
     info = dict(ckpt.info, meta=ckpt.info.get("meta") or {})
-    model = build_model(info["model_name"], info["num_classes"], info["in_channels"],
-                        cbr_fused=cbr_fused)
-    model.load_state_dict(ckpt.state_dict)
+    try:
+        model = build_model(info["model_name"], info["num_classes"], info["in_channels"],
+                            cbr_fused=cbr_fused)
+        model.load_state_dict(ckpt.state_dict)
+    except (CheckpointError, ConfigError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a wrong header or wrong shapes: the file is bad
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{str(path)!r} claims to be a {info['model_name']!r} checkpoint with "
+            f"{info['num_classes']} classes and {info['in_channels']} input channels, but its "
+            f"weights do not fit that model ({first}); the file was edited or damaged: use "
+            "another checkpoint") from None
     if info["meta"].get("transform_input"):
         model.transform_input = True
     return model, info

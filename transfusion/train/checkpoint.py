@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from transfusion.checkpoints import load_torch_file
 from transfusion.errors import CheckpointError
 from transfusion.utils import atomic_torch_save
 
@@ -22,8 +23,14 @@ STATE_VERSION = 1
 
 
 def get_rng_state() -> dict:
-    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-          "python": random.getstate()}
+    """The RNG states as tensors, lists and numbers only (files are read with weights_only)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    st = {"torch": torch.get_rng_state(),
+          "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, np.int64)),
+                    "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
+          "python": {"version": int(version), "internal": list(internal),
+                     "gauss_next": gauss_next}}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         st["cuda"] = torch.cuda.get_rng_state_all()
     return st
@@ -31,8 +38,10 @@ def get_rng_state() -> dict:
 
 def set_rng_state(st: dict) -> None:
     torch.set_rng_state(st["torch"])
-    np.random.set_state(st["numpy"])
-    random.setstate(st["python"])
+    n, p = st["numpy"], st["python"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda"])
 
@@ -52,11 +61,8 @@ def save_state(path: str | os.PathLike, *, run_id: str, step: int, model, optimi
 
 
 def load_state(path: str | os.PathLike, run_id: str) -> dict:
-    try:
-        st = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same problem for the user
-        raise CheckpointError(f"cannot read training checkpoint {path}: {e}. Delete it to restart "
-                              f"the run from its previous checkpoint or from scratch") from None
+    st = load_torch_file(path, "training checkpoint",
+                         f"delete {path} to restart the run from scratch")
     if not isinstance(st, dict) or st.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path} is not a transfusion training checkpoint")
     if st.get("run_id") != run_id:

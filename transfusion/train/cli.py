@@ -14,6 +14,7 @@ from typing import List, Optional
 import typer
 
 from transfusion.errors import ConfigError, TransfusionError
+from transfusion.validation import check_options, check_writable_dir, check_writable_file
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,12 @@ def train(
     from transfusion.experiments.runs import RunSpec
 
     try:
+        check_options(image_size=image_size, batch_size=batch_size, steps=steps, workers=workers,
+                      device=device, eval_every=eval_every, limit=limit, eval_limit=eval_limit,
+                      synthetic_images=synthetic_images,
+                      max_steps_this_session=max_steps_this_session)
+        if not dry_run:
+            check_writable_dir("--runs-dir", runs_dir)
         base = RunSpec.from_json_file(spec_file).to_dict() if spec_file else {}
         given = dict(model=model, dataset=dataset, data_root=data_root, task=task, init=init,
                      checkpoint=checkpoint, upto=upto, recipe=recipe, seed=seed, steps=steps,
@@ -138,6 +145,12 @@ def pretrain(
     from transfusion.experiments.runs import RunSpec
 
     try:
+        check_options(image_size=image_size, batch_size=batch_size, steps=steps, workers=workers,
+                      device=device, eval_every=eval_every, synthetic_images=synthetic_images,
+                      max_steps_this_session=max_steps_this_session)
+        check_writable_dir("--runs-dir", runs_dir)
+        if out is not None:
+            check_writable_file("--out", out)
         spec = RunSpec(model=model, dataset="imagefolder", task="natural", data_root=source,
                        recipe="pretrain", seed=seed, steps=steps, eval_every=eval_every,
                        image_size=image_size, batch_size=batch_size, in_channels=in_channels,

@@ -46,6 +46,7 @@ from transfusion.train.checkpoint import (get_rng_state, last_checkpoint, load_s
 from transfusion.train.recipes import (Recipe, describe_schedule, get_recipe, lr_factor,
                                        steps_per_epoch)
 from transfusion.utils import atomic_write_json, atomic_write_text
+from transfusion.validation import check_model_input
 
 log = logging.getLogger(__name__)
 
@@ -372,6 +373,8 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
         torch.use_deterministic_algorithms(True, warn_only=True)
     if ctx.device.type == "cuda":
         torch.backends.cudnn.benchmark = not recipe.deterministic
+    check_model_input(spec.model, recipe.image_size, max(1, recipe.batch_size // ctx.world_size),
+                      spec.in_channels, ctx.device)
     main = ctx.is_main
     ckpt_dir = run_dir / "checkpoints"
     if main:

@@ -92,12 +92,12 @@ RECIPES: dict[str, Recipe] = {
 RECIPE_FOR_TASK = {"retina": "retina", "chexpert": "chexpert", "natural": "pretrain"}
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Recipe)}
+_FIELD_TYPES = {name: str(f.type).split(" ")[0].split("[")[0] for name, f in _FIELDS.items()}
 
 
 def _coerce(name: str, value):
     """Turn a command-line string (or JSON value) into the type of Recipe field ``name``."""
-    base = RECIPES["chexpert"]
-    current = getattr(base, name)
+    kind = _FIELD_TYPES[name]  # the declared type, not the type of a default (5 is an int)
     if name == "decay_epochs":
         if isinstance(value, str):
             value = [v for v in value.replace(";", ",").split(",") if v.strip()]
@@ -106,7 +106,7 @@ def _coerce(name: str, value):
         return tuple(value) if not isinstance(value, str) else (value,)
     if name == "lr_per_256":
         return None if value in (None, "", "none", "None") else float(value)
-    if isinstance(current, bool):
+    if kind == "bool":
         if isinstance(value, str):
             low = value.strip().lower()
             if low not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
@@ -114,15 +114,16 @@ def _coerce(name: str, value):
             return low in ("1", "true", "yes", "on")
         return bool(value)
     try:
-        if isinstance(current, int):
+        if kind == "int":
             f = float(value)
             if f != int(f):
                 raise ValueError
             return int(f)
-        if isinstance(current, float):
+        if kind == "float":
             return float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"recipe field {name}={value!r} is not a {type(current).__name__}") from None
+    except (TypeError, ValueError, OverflowError):
+        what = {"int": "a whole number", "float": "a number"}.get(kind, kind)
+        raise ConfigError(f"recipe field {name}={value!r} is not a {kind} ({what})") from None
     return str(value)
 
 
@@ -176,8 +177,16 @@ def validate(r: Recipe) -> None:
             raise ConfigError(f"recipe {k} must be >= 1, got {getattr(r, k)}")
     if r.steps < 0:
         raise ConfigError(f"recipe steps must be >= 0, got {r.steps}")
-    if r.lr <= 0:
-        raise ConfigError(f"recipe lr must be > 0, got {r.lr}")
+    if not (math.isfinite(r.lr) and r.lr > 0):
+        raise ConfigError(f"recipe lr must be a finite number > 0, got {r.lr}")
+    for k in ("momentum", "weight_decay", "warmup_epochs", "decay_factor"):
+        v = getattr(r, k)
+        if not (math.isfinite(v) and v >= 0):
+            raise ConfigError(f"recipe {k} must be a finite number >= 0, got {v}")
+    if r.momentum >= 1:
+        raise ConfigError(f"recipe momentum must be below 1, got {r.momentum}")
+    if not all(math.isfinite(e) and e >= 0 for e in r.decay_epochs):
+        raise ConfigError(f"recipe decay_epochs must be finite numbers >= 0, got {list(r.decay_epochs)}")
 
 
 def lr_factor(step: int, recipe: Recipe, steps_per_epoch: float) -> float:
