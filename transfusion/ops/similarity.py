@@ -14,7 +14,8 @@ after that works on (a+b)^2 numbers in float64:
     variance exceeds ``rtol`` times the largest. ``rtol`` is the only regularisation: directions
     below it are treated as absent (rank deficiency: dead units, duplicated neurons, n close to a),
     so a rank-deficient layer gives the correlations of the subspace that exists, never NaN.
-    Neurons whose variation is below 1e-6 of their magnitude (constant, dead) are dropped.
+    Neurons whose variation is within rounding of their own magnitude (constant, dead) are dropped
+    and reported (result.dropped).
   * W = V_k diag(l_k)^-1/2 whitens the kept directions, so Q = X_c W is an orthonormal basis; the
     canonical correlations are the singular values of W_x^T C_xy W_y (= Q_x^T Q_y).
   * PWCCA (Morcos et al. 2018) weights correlation i by alpha_i = sum_j |<h_i, x_j>| with h_i the
@@ -501,8 +502,8 @@ def svcca(x: Any, y: Any, keep: float = 0.99, *, rtol: float = DEFAULT_RTOL,
     x, y: torch tensors (any device, any float dtype), numpy or cupy arrays; or two lists of them
     (batched: returns a list). ``layout="neurons_first"`` takes (neurons, datapoints) arrays as
     google/svcca does. ``rtol``: directions with variance below rtol x the largest are dropped.
-    ``precision``: "auto" (float32 GEMMs, redone in float64 when the kept directions' condition
-    exceeds AUTO_MAX_CONDITION, so the mean stays within 1e-6 of the float64 reference),
+    ``precision``: "auto" (float64 GEMMs where cheap; otherwise float32, redone in float64 when the
+    rounding model of transfusion.ops.precision does not put the mean within 1e-6 of float64),
     "float32" (always fast) or "float64" (float64 GEMMs; always for float64 inputs).
     """
     return _run("svcca", x, y, keep, rtol, layout, chunk_rows, precision)
