@@ -25,7 +25,7 @@ TORCH_LIBRARY(transfusion, m) {
   // (gram, colsum) = sums over the rows of the shifted concatenation z = [x_1 .. x_k] - shift:
   // gram = z^T z (float64; blocks i != j only when cross), colsum = sum of z (float64).
   // The Gram pass of (SV)CCA / PWCCA / CKA; see csrc/include/transfusion/gram_pass.h.
-  m.def("gram_pass(Tensor[] xs, Tensor shift, int chunk_rows, bool cross) -> (Tensor, Tensor)");
+  m.def("gram_pass(Tensor[] xs, Tensor shift, int chunk_rows, bool cross) -> (Tensor, Tensor, Tensor)");
 }
 
 namespace py = pybind11;

@@ -16,7 +16,7 @@ void centre(const at::Tensor& x, const at::Tensor& shift, at::Tensor& out, at::T
   TRANSFUSION_CPU_KERNEL(centre_chunk_kernel)(x, shift, out, colsum);
 }
 
-std::tuple<at::Tensor, at::Tensor> gram_pass(at::TensorList xs, const at::Tensor& shift,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gram_pass(at::TensorList xs, const at::Tensor& shift,
                                              int64_t chunk_rows, bool cross) {
   return gram_pass_impl(xs, shift, chunk_rows, cross, &centre, "gram_pass (CPU)");
 }

@@ -49,7 +49,7 @@ void centre(const at::Tensor& x, const at::Tensor& shift, at::Tensor& out, at::T
   colsum.add_(at::sum(out, {0}, false, at::kDouble));
 }
 
-std::tuple<at::Tensor, at::Tensor> gram_pass(at::TensorList xs, const at::Tensor& shift,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gram_pass(at::TensorList xs, const at::Tensor& shift,
                                              int64_t chunk_rows, bool cross) {
   TORCH_CHECK(!xs.empty(), "gram_pass (CUDA): needs at least one activation matrix");
   c10::cuda::CUDAGuard guard(xs[0].device());

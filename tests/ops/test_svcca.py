@@ -47,11 +47,18 @@ def test_matches_reference(method, dtype, tol):
 def test_torch_pass_and_kernel_agree():
     x, y = _pair(n=5000)
     shift = G.first_chunk_shift([x, y], 1000)
-    g1, s1 = G.gram_pass_torch([x, y], shift.float(), 1000)
-    g2, s2 = G.gram_pass([x, y], shift, 1000)
+    g1, s1, q1 = G.gram_pass_torch([x, y], shift.float(), 1000)
+    g2, s2, q2 = G.gram_pass([x, y], shift, 1000)
     assert torch.allclose(g1, g2, rtol=1e-6, atol=1e-3) and torch.allclose(s1, s2, rtol=1e-6, atol=1e-3)
     exact = torch.cat([x, y], 1).double() - shift
     assert torch.allclose(g2, exact.T @ exact, rtol=1e-5, atol=1e-2)
+    # chunk_sq: per-chunk squared column norms of the shifted data (5 chunks of 1000 rows)
+    per_chunk = (exact.view(5, 1000, -1) ** 2).sum(dim=1)
+    assert q1.shape == q2.shape == (5, x.shape[1] + y.shape[1])
+    assert torch.allclose(q1, per_chunk, rtol=1e-5) and torch.allclose(q2, per_chunk, rtol=1e-5)
+    assert torch.allclose(q2.sum(0), torch.diagonal(g2), rtol=1e-12)
+    assert G.chunk_lengths(5000, 1000).tolist() == [1000.0] * 5
+    assert G.chunk_lengths(4500, 1000).tolist() == [1000.0] * 4 + [500.0]
 
 
 @pytest.mark.skipif(not G._op_available(torch.device("cpu")), reason="compiled op not built")

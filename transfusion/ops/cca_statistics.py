@@ -14,8 +14,9 @@ the widths, never on n: (sum of the group's widths)^2 * 8 bytes for the Gram (e.
 512 neurons: 2048^2 * 8 = 32 MiB), plus, while a batch is folded in, the Gram pass's chunk buffer
 (min(chunk_rows, batch rows) x sum of widths x 8 bytes; 4 with precision="float32") and one
 temporary Gram. ``precision="float64"`` (default) makes the GEMMs exact to float64 rounding: the
-data can't be revisited, so the fast float32 GEMMs are an opt-in (a result computed from float32
-statistics warns when its conditioning makes it inaccurate).
+data can't be revisited, so the fast float32 GEMMs are an opt-in. A float32 group also keeps the
+rounding model's entry variances and systematic errors (``transfusion.ops.precision``: two more
+Gram-sized float64 matrices), so every result carries its ``error_estimate`` and warns when that exceeds 1e-6.
 
 Layers of one group must receive the same batches (the same datapoints in the same order): with
 ``update(name, act)`` a group waits until each of its layers got the current batch, then folds
@@ -61,6 +62,9 @@ class _Group:
     shift: torch.Tensor | None = None
     colsum: torch.Tensor | None = None
     gram: torch.Tensor | None = None
+    # float32 groups: the rounding model's zero-mean entry variances and systematic entry errors
+    entry_var: torch.Tensor | None = None
+    entry_bias: torch.Tensor | None = None
     pending: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def span(self, name: str) -> slice:
@@ -171,15 +175,22 @@ class CCAStatistics:
             group.colsum = torch.zeros(total, dtype=torch.float64, device=xs[0].device)
             group.gram = torch.zeros(total, total, dtype=torch.float64, device=xs[0].device)
             group.dtype = str(dt).replace("torch.", "")
+            if dt == torch.float32:
+                group.entry_var = torch.zeros_like(group.gram)
+                group.entry_bias = torch.zeros_like(group.gram)
         elif widths != group.widths:
             raise InputError(f"widths changed between batches: {widths} vs {group.widths} for {group.layers}")
         else:
             xs = [x if c == 1.0 else x * c for x, c in zip(xs, group.scales)]
             worst = _input_dtype(xs + [torch.empty(0, dtype=getattr(torch, group.input_dtype))])
             group.input_dtype = worst
-        gram, colsum = _gram.gram_pass(xs, group.shift, self.chunk_rows, cross=len(xs) > 1,
-                                       dtype=getattr(torch, group.dtype))
+        gram, colsum, chunk_sq = _gram.gram_pass(xs, group.shift, self.chunk_rows,
+                                                 cross=len(xs) > 1, dtype=getattr(torch, group.dtype))
         check_finite(colsum, gram, [(f"layer {m!r}", group.span(m)) for m in group.layers])
+        if group.entry_var is not None:
+            rows = _gram.chunk_lengths(int(xs[0].shape[0]), self.chunk_rows)
+            group.entry_var += _precision.entry_variance(chunk_sq, rows).to(group.entry_var.device)
+            group.entry_bias += _precision.entry_bias(gram, rows).to(group.entry_bias.device)
         group.gram += gram.to(group.gram.device)
         group.colsum += colsum.to(group.colsum.device)
         group.n += int(xs[0].shape[0])
@@ -202,7 +213,7 @@ class CCAStatistics:
     def memory_bytes(self) -> int:
         """Bytes held by the statistics (Grams + sums + shifts)."""
         return sum(t.numel() * t.element_size() for g in self._groups.values()
-                   for t in (g.gram, g.colsum, g.shift) if t is not None)
+                   for t in (g.gram, g.entry_var, g.entry_bias, g.colsum, g.shift) if t is not None)
 
     def _moments(self, a: str, b: str):
         for name in (a, b):
@@ -220,8 +231,9 @@ class CCAStatistics:
                              f"waiting for the others of {g.layers})")
         if g.n < 2:
             raise InputError(f"need at least 2 datapoints for {a!r} and {b!r}, have {g.n}")
+        var = None if g.entry_var is None else g.entry_var + g.entry_bias**2
         return moments_from_sums(g.n, g.shift, g.colsum, g.gram, g.span(a), g.span(b), g.dtype,
-                                 g.input_dtype, self.chunk_rows)
+                                 g.input_dtype, var)
 
     def similarity(self, a: str | Sequence[str], b: str | Sequence[str], method: str = "svcca",
                    keep: float = 0.99, rtol: float = DEFAULT_RTOL):
@@ -259,7 +271,26 @@ class CCAStatistics:
     # ---- merging, distributed, files ------------------------------------------------------------
 
     def merge(self, other: "CCAStatistics") -> "CCAStatistics":
-        """Add another accumulator's statistics (same groups; e.g. from another process)."""
+        """Add another accumulator's statistics (same groups; e.g. from another process).
+
+        Both must be made with the same settings (pool, max_positions, chunk_rows, precision), be
+        different objects, and have no half-finished batch: anything else raises an InputError."""
+        if not isinstance(other, CCAStatistics):
+            raise InputError(f"merge needs another CCAStatistics, got {type(other).__name__}")
+        if other is self:
+            raise InputError("cannot merge statistics with themselves (that would count every "
+                             "datapoint twice); merge a copy made from other data")
+        for key in ("pool", "max_positions", "chunk_rows", "precision"):
+            here, there = getattr(self, key), getattr(other, key)
+            if (list(here) if isinstance(here, (list, tuple)) else here) != \
+                    (list(there) if isinstance(there, (list, tuple)) else there):
+                raise InputError(f"cannot merge statistics made with {key}={there!r} into ones made "
+                                 f"with {key}={here!r}; accumulate both with the same settings")
+        for name, acc in (("these", self), ("the other", other)):
+            busy = [gname for gname, g in acc._groups.items() if g.pending]
+            if busy:
+                raise InputError(f"{name} statistics have an incomplete batch in group(s) {busy}; "
+                                 f"feed every layer of the group the batch before merging")
         for gname, og in other._groups.items():
             if og.n == 0:
                 continue
@@ -274,9 +305,14 @@ class CCAStatistics:
                 g.widths, g.dtype = list(og.widths), og.dtype
                 g.input_dtype, g.scales = og.input_dtype, list(og.scales or [1.0] * len(og.widths))
                 g.shift, g.colsum, g.gram = og.shift.clone(), og.colsum.clone(), og.gram.clone()
+                g.entry_var = None if og.entry_var is None else og.entry_var.clone()
+                g.entry_bias = None if og.entry_bias is None else og.entry_bias.clone()
             else:
                 if og.widths != g.widths:
                     raise InputError(f"group {gname!r}: widths {og.widths} there, {g.widths} here")
+                if og.dtype != g.dtype:
+                    raise InputError(f"group {gname!r}: GEMMs in {og.dtype} there and {g.dtype} "
+                                     f"here; accumulate both with the same precision and inputs")
                 if list(og.scales or []) != list(g.scales or []):
                     raise InputError(f"group {gname!r}: the layers were rescaled differently there "
                                      f"({og.scales}) and here ({g.scales}); accumulate both from "
@@ -285,6 +321,9 @@ class CCAStatistics:
                                        og.gram.to(g.shift.device), g.shift)
                 g.colsum += colsum
                 g.gram += gram
+                if g.entry_var is not None and og.entry_var is not None:
+                    g.entry_var += og.entry_var.to(g.entry_var.device)
+                    g.entry_bias += og.entry_bias.to(g.entry_bias.device)
             g.n += og.n
             g.batches += og.batches
         return self
@@ -316,7 +355,8 @@ class CCAStatistics:
             g.colsum, g.gram = _rebase(g.n, g.shift, g.colsum, g.gram, shift)
             g.shift = shift
             count = torch.tensor([float(g.n), float(g.batches)], dtype=torch.float64, device=dev)
-            for t in (g.colsum, g.gram, count):
+            extra = () if g.entry_var is None else (g.entry_var, g.entry_bias)
+            for t in (g.colsum, g.gram, count) + extra:
                 dist.all_reduce(t, group=group)
             g.n, g.batches = int(count[0].item()), int(count[1].item())
         return self
@@ -328,7 +368,7 @@ class CCAStatistics:
                 "layers": list(g.layers), "widths": g.widths, "n": g.n, "batches": g.batches,
                 "dtype": g.dtype, "input_dtype": g.input_dtype, "scales": g.scales,
                 **{k: None if getattr(g, k) is None else getattr(g, k).detach().cpu()
-                   for k in ("shift", "colsum", "gram")},
+                   for k in ("shift", "colsum", "gram", "entry_var", "entry_bias")},
             }
         return {"format": FORMAT, "version": 1, "declared": self._declared, "pool": self.pool,
                 "precision": self.precision,
@@ -343,9 +383,21 @@ class CCAStatistics:
         atomic_torch_save(path, self.state_dict())
 
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, Any]) -> "CCAStatistics":
-        if state.get("format") != FORMAT:
-            raise InputError(f"not a CCAStatistics file (format {state.get('format')!r})")
+    def from_state_dict(cls, state: Mapping[str, Any], source: str = "the state dict") -> "CCAStatistics":
+        if not isinstance(state, Mapping) or state.get("format") != FORMAT:
+            found = state.get("format") if isinstance(state, Mapping) else type(state).__name__
+            raise InputError(f"{source} is not CCAStatistics (format {found!r}); pass a file "
+                             f"written by CCAStatistics.save")
+        try:
+            return cls._from_checked_state(state)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, InputError):
+                raise
+            raise InputError(f"{source} is a damaged CCAStatistics file ({type(exc).__name__}: "
+                             f"{exc}); save the statistics again") from None
+
+    @classmethod
+    def _from_checked_state(cls, state: Mapping[str, Any]) -> "CCAStatistics":
         groups = {k: v["layers"] for k, v in state["groups"].items()}
         stats = cls(groups if state["declared"] else None, pool=state["pool"],
                     max_positions=state["max_positions"], chunk_rows=state["chunk_rows"],
@@ -358,15 +410,30 @@ class CCAStatistics:
             g.input_dtype = v.get("input_dtype", "float64")
             g.scales = v.get("scales") or (None if v["widths"] is None else [1.0] * len(v["widths"]))
             g.shift, g.colsum, g.gram = v["shift"], v["colsum"], v["gram"]
+            g.entry_var, g.entry_bias = v.get("entry_var"), v.get("entry_bias")
+            if (g.entry_var is None) != (g.entry_bias is None):
+                g.entry_var = g.entry_bias = None
         return stats
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "CCAStatistics":
+        """Statistics written by ``save``; a missing, truncated, empty, text or foreign file gives
+        a one-line InputError (files are read with weights_only=True: nothing in them runs)."""
+        from transfusion.checkpoints import load_torch_file
+        from transfusion.errors import CheckpointError
+
         try:
-            state = torch.load(path, map_location=map_location, weights_only=True)
-        except FileNotFoundError:
-            raise InputError(f"no CCAStatistics file at {path}") from None
-        return cls.from_state_dict(state)
+            state = load_torch_file(path, "CCAStatistics file",
+                                    "pass a file written by CCAStatistics.save")
+        except CheckpointError as exc:
+            raise InputError(str(exc)) from None
+        stats = cls.from_state_dict(state, source=f"{str(path)!r}")
+        if torch.device(map_location).type != "cpu":
+            for g in stats._groups.values():
+                for k in ("shift", "colsum", "gram", "entry_var", "entry_bias"):
+                    if getattr(g, k) is not None:
+                        setattr(g, k, getattr(g, k).to(map_location))
+        return stats
 
     def __repr__(self) -> str:
         parts = [f"{k}: {g.layers} n={g.n}" for k, g in self._groups.items()]

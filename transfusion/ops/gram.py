@@ -1,19 +1,28 @@
 """The Gram pass of (SV)CCA / PWCCA / CKA: float64 sufficient statistics of activation matrices.
 
 ``gram_pass([x_1, .., x_k], shift)`` sweeps once over the n rows of the concatenation
-z = [x_1 .. x_k] - shift and returns ``(gram, colsum)`` = (z^T z, sum of z), both float64. With
-``cross=False`` only the diagonal blocks x_i^T x_i are computed (the rest stays zero).
+z = [x_1 .. x_k] - shift and returns ``(gram, colsum, chunk_sq)`` = (z^T z, sum of z, the squared
+column norms of z chunk by chunk), all float64; gram's diagonal is chunk_sq's total, summed in
+float64 (exact squares), not taken from the GEMM. With ``cross=False`` only the diagonal blocks
+x_i^T x_i are computed (the rest stays zero). ``chunk_sq`` (chunks, W) is what the rounding model of
+``transfusion.ops.precision`` needs to bound a float32 Gram's error whatever the BLAS's summation
+order.
 
 Numerics: rows are taken ``chunk_rows`` at a time; the shifted chunk is formed in the compute
 dtype (float32 for float16 / bfloat16 / float32 input, float64 for float64 input), each block
 product is one GEMM in that dtype (MKL / cuBLAS through ATen) and is added into float64. The shift
 is the first chunk's column mean, so the float32 products are of centred-sized numbers, and
-accumulating chunks in float64 keeps the error from growing with n. What float32 GEMMs still cost
-(measured, AMD EPYC + MKL): about 1e-6 relative error per Gram entry, shorter GEMMs barely helping
-(4e-7 with 64-row blocks); on the mean correlation 1.75e-8 for SVCCA of 512+512 Gaussian neurons
-and up to 8.8e-7 (SVCCA, CCA) or 3.9e-6 (PWCCA) on small layers with offset means. Hence
-``precision="auto"`` in similarity.py. Statistics are exact given the shift: mean = shift + colsum / n,
-centred cross-products = gram - colsum colsum^T / n.
+accumulating chunks in float64 keeps the error from growing with n. A float32 Gram entry's error
+depends on the machine's summation order inside a chunk (measured: the same SVCCA was 8.8e-7 off
+float64 on an AMD EPYC and 1.36e-6 on an Intel Xeon), so ``precision="auto"`` in similarity.py
+decides from an order-independent bound (``transfusion.ops.precision``) whose systematic part
+grows with the chunk length: hence 1024-row chunks (measured, 512+512 neurons, n = 100k, 2-core
+AMD EPYC + MKL, one run: 1.02 s per float32 pass at 1024 rows, 0.95 s at 4096, 1.12 s at 32768;
+bench/RESULTS.md). The diagonal (sums of squares, where float32 rounding leans one way) is
+summed in float64 from the exact squares.
+float32 GEMMs run at the "highest" float32 matmul precision whatever the caller set (TF32 or
+bfloat16 internals would void the bound). Statistics are exact given the shift:
+mean = shift + colsum / n, centred cross-products = gram - colsum colsum^T / n.
 
 The compiled op ``torch.ops.transfusion.gram_pass`` (CPU and CUDA) fuses centring, the dtype
 conversion and the column sums into one pass; ``gram_pass_torch`` is the same scheme written with
@@ -21,12 +30,15 @@ torch ops (used where the extension is missing; the benchmark compares both).
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from transfusion import _extension
 
 _OP = "transfusion::gram_pass"
-DEFAULT_CHUNK_ROWS = 32768  # measured: per-GEMM overhead drops from 8192 to 32768 rows
+# measured (module docstring): as fast as longer chunks, and the float32 error bound grows with it
+DEFAULT_CHUNK_ROWS = 1024
 
 
 PRECISIONS = ("auto", "float32", "float64")
@@ -59,8 +71,37 @@ def _op_available(device: torch.device) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _full_float32_matmul():
+    """float32 GEMMs in full float32 (no TF32 / bfloat16 internals) for the duration."""
+    before = torch.get_float32_matmul_precision()
+    if before == "highest":
+        yield
+        return
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def n_chunks(n: int, chunk_rows: int) -> int:
+    chunk = max(1, min(int(chunk_rows), int(n)))
+    return 0 if n == 0 else -(-int(n) // chunk)
+
+
+def chunk_lengths(n: int, chunk_rows: int) -> torch.Tensor:
+    """Rows in each chunk of the Gram pass (float64, one entry per row of ``chunk_sq``)."""
+    chunk = max(1, min(int(chunk_rows), int(n)))
+    k = n_chunks(n, chunk_rows)
+    rows = torch.full((k,), float(chunk), dtype=torch.float64)
+    if k:
+        rows[-1] = float(n - chunk * (k - 1))
+    return rows
+
+
 def gram_pass_torch(xs: list[torch.Tensor], shift: torch.Tensor, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-                    cross: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                    cross: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The Gram pass with torch ops only (same scheme as the compiled op; shift's dtype is the
     compute dtype)."""
     dtype = shift.dtype
@@ -71,29 +112,35 @@ def gram_pass_torch(xs: list[torch.Tensor], shift: torch.Tensor, chunk_rows: int
     dev = xs[0].device
     gram = torch.zeros(total, total, dtype=torch.float64, device=dev)
     colsum = torch.zeros(total, dtype=torch.float64, device=dev)
+    chunk = max(1, min(int(chunk_rows), n))
+    chunk_sq = torch.zeros(n_chunks(n, chunk_rows), total, dtype=torch.float64, device=dev)
     shift_c = shift.to(device=dev, dtype=dtype)
-    for r0 in range(0, n, max(1, chunk_rows)):
+    for r0 in range(0, n, chunk):
         bufs = []
         for x, o, w in zip(xs, offsets, widths):
-            b = x[r0:r0 + chunk_rows].to(dtype) - shift_c[o:o + w]
+            b = x[r0:r0 + chunk].to(dtype) - shift_c[o:o + w]
             colsum[o:o + w] += b.sum(dim=0, dtype=torch.float64)
+            chunk_sq[r0 // chunk, o:o + w] = (b.to(torch.float64) ** 2).sum(dim=0)
             bufs.append(b)
         for i in range(len(xs)):
             for j in range(i, len(xs) if cross else i + 1):
                 oi, wi, oj, wj = offsets[i], widths[i], offsets[j], widths[j]
-                gram[oi:oi + wi, oj:oj + wj] += bufs[i].T @ bufs[j]
+                prod = bufs[i].T @ bufs[j]
+                gram[oi:oi + wi, oj:oj + wj] += prod
+    gram.diagonal().copy_(chunk_sq.sum(dim=0))
     if cross:
         for i in range(len(xs)):
             for j in range(i + 1, len(xs)):
                 oi, wi, oj, wj = offsets[i], widths[i], offsets[j], widths[j]
                 gram[oj:oj + wj, oi:oi + wi] = gram[oi:oi + wi, oj:oj + wj].T
-    return gram, colsum
+    return gram, colsum, chunk_sq
 
 
 def gram_pass(xs: list[torch.Tensor], shift: torch.Tensor, chunk_rows: int = DEFAULT_CHUNK_ROWS,
               cross: bool = True, dtype: torch.dtype | None = None,
-              use_kernel: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(gram, colsum) of the shifted concatenation; the compiled op when it exists for the device.
+              use_kernel: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(gram, colsum, chunk_sq) of the shifted concatenation; the compiled op when it exists for
+    the device.
 
     ``shift``: float64 (W,), W the summed widths (from ``first_chunk_shift``); ``dtype``: the GEMM
     dtype (default ``compute_dtype(xs)``); ``use_kernel=False`` forces the torch version.
@@ -105,9 +152,10 @@ def gram_pass(xs: list[torch.Tensor], shift: torch.Tensor, chunk_rows: int = DEF
     shift = shift.to(device=dev, dtype=dtype)
     if use_kernel is None:
         use_kernel = _op_available(dev)
-    if use_kernel:
-        return torch.ops.transfusion.gram_pass(list(xs), shift, int(chunk_rows), bool(cross))
-    return gram_pass_torch(xs, shift, chunk_rows, cross)
+    with _full_float32_matmul():
+        if use_kernel:
+            return torch.ops.transfusion.gram_pass(list(xs), shift, int(chunk_rows), bool(cross))
+        return gram_pass_torch(xs, shift, chunk_rows, cross)
 
 
 def _register() -> None:
@@ -122,8 +170,10 @@ def _register() -> None:
     @torch.library.register_fake(_OP)
     def _fake(xs, shift, chunk_rows, cross):
         total = sum(x.shape[1] for x in xs)
+        chunks = n_chunks(xs[0].shape[0], chunk_rows)
         return (xs[0].new_empty((total, total), dtype=torch.float64),
-                xs[0].new_empty((total,), dtype=torch.float64))
+                xs[0].new_empty((total,), dtype=torch.float64),
+                xs[0].new_empty((chunks, total), dtype=torch.float64))
 
 
 _register()

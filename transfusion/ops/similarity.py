@@ -143,23 +143,34 @@ class Moments:
     cxy: torch.Tensor
     dtype: str  # of the Gram pass's GEMMs
     input_dtype: str = "float64"  # of the activations (decides what "constant" means)
-    norm_x: torch.Tensor | None = None  # norms of the shifted columns (the rounding model's scale)
-    norm_y: torch.Tensor | None = None
-    chunk_rows: int | None = None  # rows per float32 GEMM (the rounding model's sum length)
+    # float32 Gram pass only: (a+b, a+b) variance bound of each Gram entry's rounding error,
+    # [x, y] order (transfusion.ops.precision.entry_variance)
+    entry_var: torch.Tensor | None = None
+
+    def variance_blocks(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(var_xx, var_yy, var_xy) of ``entry_var``."""
+        a = self.cxx.shape[0]
+        v = self.entry_var
+        return v[:a, :a], v[a:, a:], v[:a, a:]
 
 
 def moments_from_sums(n: int, shift: torch.Tensor, colsum: torch.Tensor, gram: torch.Tensor,
                       sx: slice, sy: slice, dtype: str, input_dtype: str = "float64",
-                      chunk_rows: int | None = None) -> Moments:
-    """Centre the shifted sums of a joint Gram for the columns sx (x side) and sy (y side)."""
+                      entry_var: torch.Tensor | None = None) -> Moments:
+    """Centre the shifted sums of a joint Gram for the columns sx (x side) and sy (y side);
+    ``entry_var``: the rounding model's entry variances of the whole joint Gram (float32 only)."""
     def block(a: slice, b: slice) -> torch.Tensor:
         return gram[a, b] - torch.outer(colsum[a], colsum[b]) / n
 
     cxx, cyy = block(sx, sx), block(sy, sy)
     mean = shift + colsum / n
-    norms = torch.sqrt(torch.diagonal(gram).clamp_min(0))
+    var = None
+    if entry_var is not None:
+        cols = torch.cat([torch.arange(sx.start, sx.stop), torch.arange(sy.start, sy.stop)])
+        cols = cols.to(entry_var.device)
+        var = entry_var[cols][:, cols]
     return Moments(n, mean[sx], mean[sy], (cxx + cxx.T) / 2, (cyy + cyy.T) / 2, block(sx, sy), dtype,
-                   input_dtype, norms[sx], norms[sy], chunk_rows)
+                   input_dtype, var)
 
 
 # ---- inputs ---------------------------------------------------------------------------------------
@@ -245,13 +256,19 @@ def pair_moments(x: torch.Tensor, y: torch.Tensor, chunk_rows: int = _gram.DEFAU
     dt = _gram.compute_dtype([x, y], precision)
     xs = [rescale_layer(x, dt), rescale_layer(y, dt)]
     shift = _gram.first_chunk_shift(xs, chunk_rows, dt)
-    gram, colsum = _gram.gram_pass(xs, shift, chunk_rows, cross=True, dtype=dt, use_kernel=use_kernel)
+    gram, colsum, chunk_sq = _gram.gram_pass(xs, shift, chunk_rows, cross=True, dtype=dt,
+                                             use_kernel=use_kernel)
     a, b = x.shape[1], y.shape[1]
     sx, sy = slice(0, a), slice(a, a + b)
     check_finite(colsum, gram, [("x", sx), ("y", sy)])
     dtype = str(dt).replace("torch.", "")
+    var = None
+    if dt == torch.float32:
+        rows = _gram.chunk_lengths(x.shape[0], chunk_rows)
+        var = (_precision.entry_variance(chunk_sq, rows)
+               + _precision.entry_bias(gram, rows) ** 2)
     return moments_from_sums(x.shape[0], shift.to(gram.device), colsum, gram, sx, sy, dtype,
-                             _input_dtype([x, y]), chunk_rows)
+                             _input_dtype([x, y]), var)
 
 
 # ---- finalisation ---------------------------------------------------------------------------------
@@ -265,13 +282,13 @@ class _Side:
     scale: torch.Tensor  # their standardisation (ones for SVCCA)
     dropped: tuple[int, ...]  # constant neurons left out
     width: int
-    norm: torch.Tensor | None  # shifted column norms of the kept neurons, standardised
+    var: torch.Tensor | None  # the kept neurons' Gram entry variances, standardised (float32)
     lam: torch.Tensor | None = None
     vec: torch.Tensor | None = None
 
 
 def _side(c: torch.Tensor, mean: torch.Tensor, n: int, standardise: bool, input_dtype: str,
-          norm: torch.Tensor | None) -> _Side:
+          entry_var: torch.Tensor | None) -> _Side:
     """Leave out constant neurons: variance within rounding of the neuron's own magnitude in its
     input dtype (transfusion.ops.precision.constant_tolerance)."""
     var = torch.diagonal(c).clamp_min(0) / n
@@ -284,8 +301,11 @@ def _side(c: torch.Tensor, mean: torch.Tensor, n: int, standardise: bool, input_
     else:
         scale = torch.ones(idx.numel(), dtype=c.dtype, device=c.device)
     m = c[idx][:, idx] * torch.outer(scale, scale)
-    kept_norm = None if norm is None else norm[idx] * scale
-    return _Side(m, idx, scale, dropped, c.shape[0], kept_norm)
+    kept_var = None
+    if entry_var is not None:
+        sq = scale * scale
+        kept_var = entry_var[idx][:, idx] * torch.outer(sq, sq)
+    return _Side(m, idx, scale, dropped, c.shape[0], kept_var)
 
 
 @contextlib.contextmanager
@@ -366,7 +386,7 @@ def _solve(method: str, m: Moments, sx: _Side, sy: _Side, keep: float | None,
             alpha = (u[:, :r].T @ (wx.T @ m.cxx)).abs().sum(dim=1)
             weights = (alpha / alpha.sum()).cpu()
             mean = float((weights * rho.cpu()).sum())
-        if m.dtype == "float32" and sx.norm is not None and method != "pwcca":
+        if m.dtype == "float32" and m.entry_var is not None and method != "pwcca":
             error = _rounding_error(m, sx, sy, (kx, rank_x), (ky, rank_y), wx, wy, u, rho, vh.T)
     return SimilarityResult(method, mean, rho.cpu(), (kx, ky), m.n, m.dtype,
                             keep=keep, rtol=rtol, condition=cond, weights=weights,
@@ -377,29 +397,25 @@ def _rounding_error(m: Moments, sx: _Side, sy: _Side, kr_x: tuple[int, int], kr_
                     wx: torch.Tensor, wy: torch.Tensor, u: torch.Tensor, rho: torch.Tensor,
                     v: torch.Tensor) -> float:
     """The rounding model's error of the mean (transfusion.ops.precision) for a float32 pass."""
-    s = _precision.per_entry_error(m.n, m.chunk_rows or m.n)
-    dx = torch.zeros(sx.width, dtype=wx.dtype, device=wx.device)
-    dy = torch.zeros(sy.width, dtype=wy.dtype, device=wy.device)
-    dx[sx.idx], dy[sy.idx] = m.norm_x[sx.idx], m.norm_y[sy.idx]
+    var_xx, var_yy, var_xy = m.variance_blocks()
     r = rho.numel()
     trunc = rho.new_zeros(())
     (kx, rank_x), (ky, rank_y) = kr_x, kr_y
     if rank_x > kx:
         t_drop = _whitener(sx, slice(kx, rank_x)).T @ m.cxy @ wy
-        trunc = trunc + _precision.truncation_variance(sx.lam, sx.vec, sx.norm, kx, rank_x, u, t_drop, v, r)
+        trunc = trunc + _precision.truncation_variance(sx.lam, sx.vec, sx.var, kx, rank_x, u, t_drop, v, r)
     if rank_y > ky:
         t_drop = _whitener(sy, slice(ky, rank_y)).T @ m.cxy.T @ wx
-        trunc = trunc + _precision.truncation_variance(sy.lam, sy.vec, sy.norm, ky, rank_y, v, t_drop, u, r)
-    return _precision.cca_mean_error(s, dx, dy, wx, wy, u, rho, v, trunc)
+        trunc = trunc + _precision.truncation_variance(sy.lam, sy.vec, sy.var, ky, rank_y, v, t_drop, u, r)
+    return _precision.cca_mean_error(var_xx, var_yy, var_xy, wx, wy, u, rho, v, trunc)
 
 
 def _cka(m: Moments) -> SimilarityResult:
     den = torch.linalg.matrix_norm(m.cxx) * torch.linalg.matrix_norm(m.cyy)
     val = float(torch.linalg.matrix_norm(m.cxy) ** 2 / den) if den > 0 else 0.0
     error = None
-    if m.dtype == "float32" and m.norm_x is not None:
-        s = _precision.per_entry_error(m.n, m.chunk_rows or m.n)
-        error = _precision.cka_error(s, m.cxx, m.cyy, m.cxy, m.norm_x, m.norm_y)
+    if m.dtype == "float32" and m.entry_var is not None:
+        error = _precision.cka_error(m.cxx, m.cyy, m.cxy, *m.variance_blocks())
     return SimilarityResult("cka", min(max(val, 0.0), 1.0), torch.zeros(0, dtype=torch.float64),
                             (m.cxx.shape[0], m.cyy.shape[0]), m.n, m.dtype, error_estimate=error)
 
@@ -416,8 +432,9 @@ def finalise_many(method: str, moments: list[Moments], keep: float | None = 0.99
         standardise = method != "svcca"
         sides = []
         for m in moments:
-            sides.append(_side(m.cxx, m.mean_x, m.n, standardise, m.input_dtype, m.norm_x))
-            sides.append(_side(m.cyy, m.mean_y, m.n, standardise, m.input_dtype, m.norm_y))
+            var_xx, var_yy = (m.variance_blocks()[:2] if m.entry_var is not None else (None, None))
+            sides.append(_side(m.cxx, m.mean_x, m.n, standardise, m.input_dtype, var_xx))
+            sides.append(_side(m.cyy, m.mean_y, m.n, standardise, m.input_dtype, var_yy))
         for side, (lam, vec) in zip(sides, _eigh_many([s.matrix for s in sides])):
             side.lam, side.vec = lam, vec
         results = [_solve(method, m, sides[2 * i], sides[2 * i + 1], svd_keep, rtol)

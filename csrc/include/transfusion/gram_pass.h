@@ -3,6 +3,12 @@
 // x_i (n, w_i) that accumulates, in float64,
 //   colsum[W]    = sum_r (x[r] - shift)                (W = sum_i w_i, the concatenated widths)
 //   gram[W, W]   = sum_r (x[r] - shift)^T (x[r] - shift)
+//   chunk_sq[C, W] = per chunk c of rows: sum_{r in c} (x[r] - shift)^2 (C = ceil(n / chunk_rows)),
+//                  summed in float64 from the compute-dtype values (exact squares), and gram's
+//                  diagonal is their total: sums of squares are where a float32 GEMM's rounding
+//                  leans one way. The rounding model of transfusion/ops/precision.py bounds the
+//                  off-diagonal entries' error chunk by chunk by these norms, whatever the BLAS's
+//                  summation order.
 // (every block i <= j when `cross`, else only the diagonal blocks i == j; lower blocks mirrored).
 //
 // Scheme (shared by the CPU and CUDA ops; only `centre` differs):
@@ -24,7 +30,7 @@ namespace transfusion {
 //        out (rows, w) compute dtype contiguous, colsum (w,) float64 with stride 1)
 using CentreFn = void (*)(const at::Tensor&, const at::Tensor&, at::Tensor&, at::Tensor&);
 
-inline std::tuple<at::Tensor, at::Tensor> gram_pass_impl(at::TensorList xs, const at::Tensor& shift,
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> gram_pass_impl(at::TensorList xs, const at::Tensor& shift,
                                                          int64_t chunk_rows, bool cross,
                                                          CentreFn centre, const char* name) {
   TORCH_CHECK(!xs.empty(), name, ": needs at least one activation matrix");
@@ -50,7 +56,10 @@ inline std::tuple<at::Tensor, at::Tensor> gram_pass_impl(at::TensorList xs, cons
   const auto f64 = xs[0].options().dtype(at::kDouble);
   at::Tensor gram = at::zeros({total_width, total_width}, f64);
   at::Tensor colsum = at::zeros({total_width}, f64);
-  if (n == 0 || total_width == 0) return {gram, colsum};
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(chunk_rows, n));
+  const int64_t n_chunks = n == 0 ? 0 : (n + chunk - 1) / chunk;
+  at::Tensor chunk_sq = at::zeros({n_chunks, total_width}, f64);
+  if (n == 0 || total_width == 0) return {gram, colsum, chunk_sq};
 
   // The shift's dtype is the compute dtype: float32 (fast) or float64 (exact products).
   const auto compute = shift.scalar_type();
@@ -59,7 +68,6 @@ inline std::tuple<at::Tensor, at::Tensor> gram_pass_impl(at::TensorList xs, cons
   TORCH_CHECK(!(any_double && compute == at::kFloat), name,
               ": float64 input needs a float64 shift (no silent downcast)");
   const at::Tensor shift_c = shift.contiguous();
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(chunk_rows, n));
   const size_t k = xs.size();
   std::vector<at::Tensor> bufs;
   for (size_t i = 0; i < k; ++i) bufs.push_back(at::empty({chunk, xs[i].size(1)}, xs[0].options().dtype(compute)));
@@ -82,6 +90,10 @@ inline std::tuple<at::Tensor, at::Tensor> gram_pass_impl(at::TensorList xs, cons
       views[i] = bufs[i].narrow(0, 0, rows);
       at::Tensor cs = colsum.narrow(0, offsets[i], w);
       centre(x_rows, shift_c.narrow(0, offsets[i], w), views[i], cs);
+      // Squares of the compute-dtype values are exact in float64, and so (to float64 rounding) is
+      // their float64 sum: the Gram's diagonal is taken from these, not from the GEMM.
+      chunk_sq.select(0, r0 / chunk).narrow(0, offsets[i], w)
+          .copy_(at::sum(at::square(views[i].to(at::kDouble)), {0}));
     }
     for (size_t i = 0; i < k; ++i) {
       for (size_t j = i; j < k; ++j) {
@@ -91,13 +103,14 @@ inline std::tuple<at::Tensor, at::Tensor> gram_pass_impl(at::TensorList xs, cons
       }
     }
   }
+  gram.diagonal().copy_(chunk_sq.sum(0));
   for (size_t i = 0; i < k; ++i) {
     for (size_t j = i + 1; j < k && cross; ++j) {
       gram.narrow(0, offsets[j], xs[j].size(1)).narrow(1, offsets[i], xs[i].size(1))
           .copy_(gram.narrow(0, offsets[i], xs[i].size(1)).narrow(1, offsets[j], xs[j].size(1)).t());
     }
   }
-  return {gram, colsum};
+  return {gram, colsum, chunk_sq};
 }
 
 }  // namespace transfusion
