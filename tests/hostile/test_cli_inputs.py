@@ -132,3 +132,11 @@ def test_nan_weights_in_a_pretrained_file(tmp_path):
     with pytest.raises(CheckpointError, match="NaN"):
         initialize(build_model("cbr_tiny", 5), "transfer", model_name="cbr_tiny",
                    checkpoint=tmp_path / "nan.pth")
+
+
+def test_a_limit_larger_than_the_split_is_refused(tmp_path, cli, monkeypatch):
+    # issue 14: --small-data 100000 on a 112-image set reported "100000 training images"
+    monkeypatch.setenv("TRANSFUSION_CACHE", str(tmp_path / "cache"))
+    code, out, err = cli(*TRAIN, "--synthetic-images", "96", "--image-size", "32",
+                         "--limit", "100000", "--runs-dir", tmp_path / "runs")
+    assert_one_error_line(code, err, "asked for 100000 images", "has only")

@@ -109,7 +109,7 @@ def test_wrong_architecture_names_what_the_file_is(tmp_path):
     torch.save(cbr.state_dict(), plain)
     for path in (own, plain):
         with pytest.raises(CheckpointError, match=r"does not fit ResNet50-narrow.*missing conv1"
-                                                  r".*This is a CBR-Small checkpoint"):
+                                                  r".*Its tensors are a CBR-Small checkpoint"):
             initialize(build_model("resnet50_narrow", 5), "transfer",
                        model_name="resnet50_narrow", checkpoint=path)
     # same stage names and shapes for cbr1, but the whole architecture must match

@@ -33,8 +33,9 @@ def test_tiny_run_writes_every_file(tmp_path):
     final = run(s, tmp_path)
     d = tmp_path / s.run_id
     for f in ("config.json", "init_summary.json", "metrics.jsonl", "metrics.csv", "final.json",
-              "model_final.pt", "checkpoints/step0.pt", "checkpoints/last.pt"):
+              "model_final.pt", "checkpoints/step0.pt"):
         assert (d / f).is_file(), f
+    assert not (d / "checkpoints" / "last.pt").exists()  # resume state, dropped at the end
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["spec"] == json.loads(s.to_json()) and cfg["recipe"]["batch_size"] == 8
     assert cfg["recipe"]["image_size"] == 8 and "torch" in cfg["environment"]

@@ -28,7 +28,7 @@ from torch import nn
 
 from transfusion.errors import CheckpointError, ConfigError
 from transfusion.initializers.checkpoint import (DISPLAY_NAMES, Checkpoint, describe_state_dict,
-                                                 read_checkpoint)
+                                                 identify_architecture, read_checkpoint)
 from transfusion.initializers.gabor import GAMMA, SIGMA_PER_WAVELENGTH, gabor_bank
 from transfusion.models import canonical_model_name, model_skeleton
 
@@ -107,9 +107,24 @@ def _check_fits(ckpt: Checkpoint, state_dict: dict, reference: nn.Module,
         raise CheckpointError(
             f"checkpoint {ckpt.path!r} does not fit {DISPLAY_NAMES.get(target_name, target_name)}"
             f": {len(problems)} mismatches: {shown}{more}. "
-            f"{_sentence(describe_state_dict(ckpt.state_dict, ckpt.model_name))}, not "
-            f"{DISPLAY_NAMES.get(target_name, target_name)}: pass a checkpoint of that "
-            "architecture (or build the model that matches the file)")
+            f"{_sentence(_what_the_file_holds(ckpt, target_name))}")
+
+
+def _what_the_file_holds(ckpt, target_name: str) -> str:
+    """What a checkpoint that does not fit ``target_name`` is, judged by its tensors (its
+    metadata may name the target and still not fit it), and what to do."""
+    target = DISPLAY_NAMES.get(target_name, target_name)
+    found = identify_architecture(ckpt.state_dict)
+    claim = ""
+    if ckpt.model_name and ckpt.model_name != found:
+        claim = f" (its metadata says '{ckpt.model_name}')"
+    if found == target_name:
+        return (f"its other tensors fit {target}{claim}: the mismatches are what differ, e.g. the "
+                f"input channels (set --in-channels to the file's) or a modified layer")
+    if found is not None:
+        return (f"its tensors are a {DISPLAY_NAMES.get(found, found)} checkpoint ('{found}'){claim}, "
+                f"not {target}: pass a {target} checkpoint (or build --model {found})")
+    return (f"{describe_state_dict(ckpt.state_dict, None)}{claim}: pass a {target} checkpoint")
 
 
 def _sentence(text: str) -> str:

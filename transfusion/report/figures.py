@@ -24,9 +24,13 @@ def _plt():
 def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    tmp.replace(path)
+    import io
+
+    from transfusion.utils import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
     _plt().close(fig)
     return path
 

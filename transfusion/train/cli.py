@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from transfusion.errors import ConfigError, TransfusionError
+from transfusion.utils import atomic_copy
 from transfusion.validation import check_options, check_writable_dir, check_writable_file
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ def train(
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda if available)."),
     workers: int = typer.Option(0, help="Data-loading worker processes (0: exact resume, see docs)."),
     max_steps_this_session: Optional[int] = typer.Option(None, help="Stop (with a checkpoint) after this many steps; rerun to continue."),
+    keep_training_state: bool = typer.Option(False, help="Keep checkpoints/last.pt (optimizer, RNG state) after the run finishes; by default it is deleted (model_final.pt stays)."),
     dry_run: bool = typer.Option(False, help="Print the spec and its run_id, train nothing."),
 ) -> None:
     """Train one run; writes runs/<run_id>/. Rerunning the same command resumes or skips it."""
@@ -114,7 +115,8 @@ def train(
         from transfusion.train import run_training
 
         result = run_training(spec, runs_dir, device=device, num_workers=workers,
-                              max_steps_this_session=max_steps_this_session)
+                              max_steps_this_session=max_steps_this_session,
+                              keep_training_state=keep_training_state)
     except TransfusionError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(code=2) from None
@@ -166,10 +168,7 @@ def pretrain(
     _finish(result, run_dir)
     ckpt = run_dir / "model_final.pt"
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        shutil.copyfile(ckpt, tmp)
-        tmp.replace(out)
+        atomic_copy(ckpt, out)
         ckpt = out
     typer.echo(f"pretrained {model} checkpoint: {ckpt}\n"
                f"use it with: transfusion train --model {model} --init transfer --checkpoint {ckpt} ...")

@@ -12,8 +12,9 @@ model, optimizer, scheduler and RNG states are restored.
 
 Run folder ``runs/<run_id>/``: config.json (spec, resolved recipe, schedule in steps, task, data
 description, environment), init_summary.json, metrics.jsonl, metrics.csv,
-checkpoints/{step0.pt (model checkpoint, models-stream format), last.pt (training state)},
-model_final.pt (model checkpoint) and final.json.
+checkpoints/{step0.pt (model checkpoint, models-stream format), last.pt (training state, while
+the run is unfinished; kept after the end only with keep_training_state)}, model_final.pt (model
+checkpoint), final.json, and .lock (the writer's pid: one process per run folder).
 """
 from __future__ import annotations
 
@@ -40,12 +41,13 @@ from torch.utils.data import DataLoader, Sampler, Subset
 from transfusion.errors import ConfigError
 from transfusion.train import distributed as D
 from transfusion.train import metrics as M
+from transfusion.run_lock import RunLock
 from transfusion.train.checkpoint import (get_rng_state, last_checkpoint, load_state,
                                           save_model_checkpoint, save_state, seed_everything,
                                           set_rng_state)
 from transfusion.train.recipes import (Recipe, describe_schedule, get_recipe, lr_factor,
                                        steps_per_epoch)
-from transfusion.utils import atomic_write_json, atomic_write_text
+from transfusion.utils import atomic_write_json, atomic_write_text, remove_stale_temp_files
 from transfusion.validation import check_model_input
 
 log = logging.getLogger(__name__)
@@ -347,10 +349,16 @@ def _environment() -> dict:
 
 def run_training(spec, runs_dir: str | os.PathLike = "runs", *, device: str | None = None,
                  num_workers: int = 0, max_steps_this_session: int | None = None,
-                 progress: bool | None = None, components: Components | None = None) -> dict:
+                 progress: bool | None = None, components: Components | None = None,
+                 keep_training_state: bool = False) -> dict:
     """Train one run (see the module docstring); returns final.json's content, or a status dict
     ``{"status": "interrupted", "step": ...}`` if it stopped early (signal or
-    ``max_steps_this_session``, a test hook). Works unchanged under torchrun (DDP)."""
+    ``max_steps_this_session``, a test hook). Works unchanged under torchrun (DDP).
+
+    One process writes a run folder at a time (``transfusion.run_lock``: a second one gets a
+    RunInUseError naming the first); a run removes its stale temp files when it starts, and
+    deletes ``checkpoints/last.pt`` (training state, only needed to resume) once it has finished
+    unless ``keep_training_state``."""
     runs_dir = Path(runs_dir)
     run_dir = runs_dir / spec.run_id
     final_path = run_dir / "final.json"
@@ -358,10 +366,25 @@ def run_training(spec, runs_dir: str | os.PathLike = "runs", *, device: str | No
         log.info("run %s is already finished (%s): nothing to do", spec.run_id, final_path)
         return json.loads(final_path.read_text())
     ctx = D.setup(device)
+    lock = RunLock(run_dir)
     try:
-        return _train(spec, run_dir, ctx, num_workers, max_steps_this_session, progress,
-                      components or default_components())
+        if ctx.is_main:
+            lock.acquire()
+            if final_path.is_file():  # another process finished it while we waited to start
+                return json.loads(final_path.read_text())
+            stale = remove_stale_temp_files(run_dir)
+            if stale:
+                log.info("run %s: removed %d stale temp file(s) left by an interrupted write: %s",
+                         spec.run_id, len(stale), [p.name for p in stale[:3]])
+        result = _train(spec, run_dir, ctx, num_workers, max_steps_this_session, progress,
+                        components or default_components())
+        if ctx.is_main and result.get("status") == "finished" and not keep_training_state:
+            state = last_checkpoint(run_dir)
+            if state is not None:
+                state.unlink()
+        return result
     finally:
+        lock.release()
         D.teardown(ctx)
 
 
