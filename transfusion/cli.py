@@ -6,10 +6,11 @@ their references), and the ``run`` group with one command per paper experiment.
 from __future__ import annotations
 
 import json
-import platform
 import time
 
 import typer
+
+from transfusion.environment import environment_info
 
 app = typer.Typer(
     help="Reproduce and extend 'Transfusion: Understanding Transfer Learning for Medical Imaging'.",
@@ -21,33 +22,6 @@ run_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(run_app, name="run")
-
-
-def environment_info() -> dict:
-    """Versions, threads, extension build and devices: what a result file records as 'where'."""
-    import numpy
-    import torch
-
-    import transfusion
-    from transfusion import _extension
-
-    devices = []
-    if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
-            p = torch.cuda.get_device_properties(i)
-            devices.append({"index": i, "name": p.name, "memory_gib": round(p.total_memory / 2**30, 1),
-                            "capability": f"{p.major}.{p.minor}"})
-    return {
-        "transfusion": transfusion.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda,
-        "numpy": numpy.__version__,
-        "platform": platform.platform(),
-        "threads": torch.get_num_threads(),
-        "extension": _extension.build_info(),
-        "cuda_devices": devices,
-    }
 
 
 @app.command()

@@ -58,7 +58,7 @@ def test_pretrained_file_with_a_payload_is_refused(tmp_path):
 
 
 def _spec(**kw):
-    from transfusion.experiments.runs import RunSpec
+    from transfusion.train.spec import RunSpec
 
     base = dict(model="tiny", dataset="eyepacs", data_root="fake", recipe="retina", steps=6,
                 image_size=8, batch_size=8, seed=1,

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import train_fakes  # noqa: E402
 from hostile_helpers import assert_one_error_line  # noqa: E402
 
-from transfusion.experiments.runs import RunSpec  # noqa: E402
+from transfusion.train.spec import RunSpec  # noqa: E402
 from transfusion.run_lock import RunInUseError, RunLock  # noqa: E402
 from transfusion.utils import atomic_write_bytes, is_temp_file, remove_stale_temp_files  # noqa: E402
 

@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("transfusion.models")
 pytest.importorskip("transfusion.data.synthetic")
 
-from transfusion.experiments.runs import RunSpec  # noqa: E402
+from transfusion.train.spec import RunSpec  # noqa: E402
 from transfusion.train import run_training  # noqa: E402
 
 

@@ -11,7 +11,7 @@ import torch.distributed as dist  # noqa: E402
 
 import train_fakes  # noqa: E402
 
-from transfusion.experiments.runs import RunSpec  # noqa: E402
+from transfusion.train.spec import RunSpec  # noqa: E402
 from transfusion.train import run_training  # noqa: E402
 
 if __name__ == "__main__":

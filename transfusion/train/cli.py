@@ -85,7 +85,7 @@ def train(
 ) -> None:
     """Train one run; writes runs/<run_id>/. Rerunning the same command resumes or skips it."""
     _setup_logging()
-    from transfusion.experiments.runs import RunSpec
+    from transfusion.train.spec import RunSpec
 
     try:
         check_options(image_size=image_size, batch_size=batch_size, steps=steps, workers=workers,
@@ -144,7 +144,7 @@ def pretrain(
     that `--init transfer --checkpoint <file>` loads: how the CBR models get their 'ImageNet'
     weights (the authors pretrained them themselves) and how demos run offline."""
     _setup_logging()
-    from transfusion.experiments.runs import RunSpec
+    from transfusion.train.spec import RunSpec
 
     try:
         check_options(image_size=image_size, batch_size=batch_size, steps=steps, workers=workers,

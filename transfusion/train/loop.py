@@ -1,4 +1,4 @@
-"""The step-based training loop: one :class:`~transfusion.experiments.runs.RunSpec` -> one run folder.
+"""The step-based training loop: one :class:`~transfusion.train.spec.RunSpec` -> one run folder.
 
 ``run_training(spec, runs_dir)`` trains for the recipe's number of steps, evaluates every
 ``eval_every`` steps (and at step 0 and at the last step) on a fixed evaluation set, logs to
@@ -340,7 +340,7 @@ def _describe(ds) -> dict:
 
 def _environment() -> dict:
     try:
-        from transfusion.cli import environment_info
+        from transfusion.environment import environment_info
 
         return environment_info()
     except Exception as e:  # noqa: BLE001 - the environment record must never stop a run
