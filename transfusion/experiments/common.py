@@ -15,6 +15,7 @@ from pathlib import Path
 
 from transfusion.errors import ConfigError
 from transfusion.report import document
+from transfusion.train.run_folder import RunFolder
 from transfusion.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -88,11 +89,11 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def load_run(runs_dir: Path, run_id: str, role: dict | None = None) -> RunRecord:
-    d = Path(runs_dir) / run_id
-    cfg = json.loads((d / "config.json").read_text()) if (d / "config.json").is_file() else {}
-    final = json.loads((d / "final.json").read_text()) if (d / "final.json").is_file() else None
-    return RunRecord(run_id=run_id, path=d, role=dict(role or {}), config=cfg,
-                     metrics=_read_jsonl(d / "metrics.jsonl"), final=final)
+    folder = RunFolder.of(runs_dir, run_id)
+    cfg = json.loads(folder.config.read_text()) if folder.config.is_file() else {}
+    final = json.loads(folder.final.read_text()) if folder.final.is_file() else None
+    return RunRecord(run_id=run_id, path=folder.path, role=dict(role or {}), config=cfg,
+                     metrics=_read_jsonl(folder.metrics_jsonl), final=final)
 
 
 def load_plan_runs(plan: dict, runs_dir: Path) -> list[RunRecord]:

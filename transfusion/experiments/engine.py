@@ -22,6 +22,7 @@ from transfusion.errors import ConfigError
 from transfusion.experiments import experiment_module
 from transfusion.experiments.common import PlannedRun, read_plan, write_plan
 from transfusion.experiments.config import ExperimentConfig
+from transfusion.train.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -134,20 +135,14 @@ def resolve_pretrained(cfg: ExperimentConfig, models: list[str]) -> dict[str, di
 
 
 # ------------------------------------------------------------------------------ run folders
-def _first(run_dir: Path, names: tuple[str, ...], what: str) -> Path:
-    for n in names:
-        if (Path(run_dir) / n).is_file():
-            return Path(run_dir) / n
-    raise ConfigError(f"run folder {run_dir} has no {what} ({' or '.join(names)}); the run did not "
-                      f"finish: rerun the same command to resume it")
-
-
 def final_checkpoint(run_dir: Path) -> Path:
-    return _first(run_dir, ("model_final.pt", "checkpoints/model_final.pt"), "final model checkpoint")
+    folder = RunFolder(Path(run_dir))
+    return folder.require(folder.model_final, "final model checkpoint")
 
 
 def step0_checkpoint(run_dir: Path) -> Path:
-    return _first(run_dir, ("checkpoints/step0.pt", "step0.pt"), "step-0 model checkpoint")
+    folder = RunFolder(Path(run_dir))
+    return folder.require(folder.step0, "step-0 model checkpoint")
 
 
 @dataclass

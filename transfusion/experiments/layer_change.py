@@ -11,6 +11,7 @@ from pathlib import Path
 
 from transfusion.experiments.common import base_row, load_plan_runs, setup_text, standard_warnings
 from transfusion.report import document, figures, tables
+from transfusion.train.run_folder import RunFolder
 
 NAME = "layer-change"
 TITLE = "Layer change during training: CCA(init, final) per layer (paper Figs. 3, 5)"
@@ -31,19 +32,16 @@ def analyse(cfg, planned, runs_dir: Path, ctx) -> None:
 
     for p in planned:
         run_dir = Path(runs_dir) / p.run_id
-        if (run_dir / "similarity.json").is_file():
+        if RunFolder(run_dir).similarity.is_file():
             continue
         init_vs_final(ctx.step0_checkpoint(run_dir), ctx.final_checkpoint(run_dir), ctx.eval_batches(),
-                      out=run_dir / "similarity.json", pool=cfg.pool, device=ctx.device)
+                      out=RunFolder(run_dir).similarity, pool=cfg.pool, device=ctx.device)
 
 
 def _checkpoint(run_dir: Path, which: str) -> Path | None:
-    names = {"step0": ("checkpoints/step0.pt", "step0.pt"),
-             "final": ("model_final.pt", "checkpoints/model_final.pt")}[which]
-    for n in names:
-        if (run_dir / n).is_file():
-            return run_dir / n
-    return None
+    folder = RunFolder(Path(run_dir))
+    path = {"step0": folder.step0, "final": folder.model_final}[which]
+    return path if path.is_file() else None
 
 
 def conv1_weights(run_dir: Path, which: str):

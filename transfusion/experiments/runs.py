@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from transfusion.errors import ConfigError
+from transfusion.train.run_folder import RunFolder
 from transfusion.train.spec import TASK_FOR_DATASET, TASKS, RunSpec, is_finished, run_id  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class LocalExecutor:
 
 
 def _final_or_status(spec: RunSpec, runs_dir: Path) -> dict:
-    p = Path(runs_dir) / spec.run_id / "final.json"
+    p = RunFolder.of(runs_dir, spec.run_id).final
     if p.is_file():
         return json.loads(p.read_text())
     return {"run_id": spec.run_id, "status": "unfinished"}

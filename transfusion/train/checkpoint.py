@@ -91,5 +91,7 @@ def save_model_checkpoint(path: str | os.PathLike, model, model_name: str, meta:
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
-    p = Path(run_dir) / "checkpoints" / "last.pt"
+    from transfusion.train.run_folder import RunFolder
+
+    p = RunFolder(Path(run_dir)).training_state
     return p if p.is_file() else None

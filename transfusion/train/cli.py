@@ -166,7 +166,9 @@ def pretrain(
         raise typer.Exit(code=2) from None
     run_dir = runs_dir / spec.run_id
     _finish(result, run_dir)
-    ckpt = run_dir / "model_final.pt"
+    from transfusion.train.run_folder import RunFolder
+
+    ckpt = RunFolder(run_dir).model_final
     if out is not None:
         atomic_copy(ckpt, out)
         ckpt = out

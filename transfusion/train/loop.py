@@ -42,6 +42,7 @@ from transfusion.errors import ConfigError
 from transfusion.train import distributed as D
 from transfusion.train import metrics as M
 from transfusion.run_lock import RunLock
+from transfusion.train.run_folder import RunFolder
 from transfusion.train.checkpoint import (get_rng_state, last_checkpoint, load_state,
                                           save_model_checkpoint, save_state, seed_everything,
                                           set_rng_state)
@@ -198,7 +199,8 @@ class MetricsLog:
     """metrics.jsonl (one JSON object per line, appended) and metrics.csv (rewritten from it)."""
 
     def __init__(self, run_dir: Path, enabled: bool) -> None:
-        self.jsonl, self.csv = run_dir / "metrics.jsonl", run_dir / "metrics.csv"
+        folder = RunFolder(run_dir)
+        self.jsonl, self.csv = folder.metrics_jsonl, folder.metrics_csv
         self.enabled = enabled
 
     def rows(self) -> list[dict]:
@@ -361,7 +363,7 @@ def run_training(spec, runs_dir: str | os.PathLike = "runs", *, device: str | No
     unless ``keep_training_state``."""
     runs_dir = Path(runs_dir)
     run_dir = runs_dir / spec.run_id
-    final_path = run_dir / "final.json"
+    final_path = RunFolder(run_dir).final
     if final_path.is_file():
         log.info("run %s is already finished (%s): nothing to do", spec.run_id, final_path)
         return json.loads(final_path.read_text())
@@ -399,7 +401,8 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
     check_model_input(spec.model, recipe.image_size, max(1, recipe.batch_size // ctx.world_size),
                       spec.in_channels, ctx.device)
     main = ctx.is_main
-    ckpt_dir = run_dir / "checkpoints"
+    folder = RunFolder(run_dir)
+    ckpt_dir = folder.checkpoints
     if main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
 
@@ -429,7 +432,7 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
                     "num_workers": num_workers},
         "environment": _environment(),
     }
-    cfg_path = run_dir / "config.json"
+    cfg_path = folder.config
     if main:
         if cfg_path.is_file():
             old = json.loads(cfg_path.read_text())
@@ -478,8 +481,8 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
         log.info("run %s: resuming from step %d of %d (%s)", spec.run_id, start, total, ck)
     else:
         if main:
-            atomic_write_json(run_dir / "init_summary.json", init_summary)
-            save_model_checkpoint(ckpt_dir / "step0.pt", model, spec.model,
+            atomic_write_json(folder.init_summary, init_summary)
+            save_model_checkpoint(folder.step0, model, spec.model,
                                   {"run_id": spec.run_id, "step": 0, "init": spec.init})
             if mlog.jsonl.exists():
                 mlog.jsonl.unlink()  # metrics of a run that died before its first checkpoint
@@ -518,7 +521,7 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
     def save_ckpt(step: int) -> None:
         rngs = D.gather_objects(ctx, get_rng_state())
         if main:
-            save_state(ckpt_dir / "last.pt", run_id=spec.run_id, step=step, model=model,
+            save_state(folder.training_state, run_id=spec.run_id, step=step, model=model,
                        optimizer=opt, scheduler=sched, rng=rngs,
                        sampler={"seed": spec.seed, "position": step * recipe.batch_size},
                        extra={"acc": acc})
@@ -592,7 +595,7 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
 
     if stopped_by is not None:
         msg = (f"run {spec.run_id} stopped at step {step}/{total} ({stopped_by}); checkpoint saved "
-               f"in {ckpt_dir / 'last.pt'}. Rerun the same command to resume.")
+               f"in {folder.training_state}. Rerun the same command to resume.")
         if main:
             log.warning(msg)
         return {"run_id": spec.run_id, "status": "interrupted", "step": step, "total_steps": total,
@@ -610,11 +613,11 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
              "best": {"value": best[head], "step": best["step"]} if best else None,
              "session_wall_s": round(time.perf_counter() - t_start, 3)}
     if main:
-        save_model_checkpoint(run_dir / "model_final.pt", model, spec.model,
+        save_model_checkpoint(folder.model_final, model, spec.model,
                               {"run_id": spec.run_id, "step": total, "init": spec.init})
         mlog.write_csv()
-        atomic_write_json(run_dir / "final.json", final)
+        atomic_write_json(folder.final, final)
         log.info("run %s finished: %s %.4f -> %s", spec.run_id, head,
-                 metrics.get(head, math.nan), run_dir / "final.json")
+                 metrics.get(head, math.nan), folder.final)
     D.barrier(ctx)
     return final

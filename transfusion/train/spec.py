@@ -135,4 +135,6 @@ def run_id(spec: RunSpec) -> str:
 
 
 def is_finished(spec: RunSpec, runs_dir: str | os.PathLike) -> bool:
-    return (Path(runs_dir) / spec.run_id / "final.json").is_file()
+    from transfusion.train.run_folder import RunFolder
+
+    return RunFolder.of(runs_dir, spec.run_id).is_finished()
