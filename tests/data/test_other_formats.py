@@ -90,7 +90,7 @@ def test_imagefolder_presplit(tmp_path, write_image_fn):
         for c in ("a", "b"):
             for i in range(n):
                 write_image_fn(root / split / c / f"{i}.jpg", (20, 20), seed=i)
-    (root / "val" / "b").rename(root / "val" / "_gone")  # a class missing from val keeps train's index
+    (root / "val" / "b").rename(tmp_path / "gone")  # a class missing from val keeps train's index
     val = load_dataset("imagefolder", root, "val", image_size=16, augment=False)
     assert val.classes == ("a", "b") and len(val) == 2 and set(val.table.targets) == {0}
     assert len(load_dataset("imagefolder", root, "train", image_size=16, augment=False)) == 8

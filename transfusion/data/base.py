@@ -101,7 +101,8 @@ class ImageDataset(Dataset):
                    f"first: {'; '.join(first)}")
             if not skip_missing:
                 raise DataError(msg + ". Put the images where the label file says (paths are relative "
-                                "to the dataset root) or pass skip_missing=True to leave them out")
+                                "to the dataset root), or leave them out with "
+                                "load_dataset(..., skip_missing=True)")
             log.warning("%s; skipped (skip_missing=True)", msg)
             self.n_missing = n_missing
             table = table.select(exists)
@@ -117,8 +118,8 @@ class ImageDataset(Dataset):
         except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for broken files
             where = f" ({t.sources[i]})" if t.sources else ""
             raise DataError(f"cannot read image {t.paths[i]}{where}: {e}. Replace or remove the file, "
-                            "or pass skip_missing=True with a cache_dir to leave unreadable files out"
-                            ) from e
+                            "or leave unreadable files out with load_dataset(..., skip_missing=True, "
+                            "cache_dir=DIR)") from e
 
     def _cache_key(self) -> str:
         t = self.table

@@ -1,8 +1,10 @@
 """Reading label CSV files with errors that name the file, the line and what to fix."""
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
+import io
 import math
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -10,10 +12,24 @@ from typing import Iterator, Sequence
 from transfusion.errors import DataError
 
 
-def open_text(path: Path):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", newline="", encoding="utf-8-sig")
-    return open(path, newline="", encoding="utf-8-sig")  # utf-8-sig: a BOM is not a header character
+def read_text(path: Path) -> str:
+    """The whole file (plain or .gz) as text. UTF-8, a leading BOM dropped (spreadsheet programs
+    write one; it is not a header character). Not UTF-8 -> DataError naming the line."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                data = f.read()
+        else:
+            data = path.read_bytes()
+    except (OSError, EOFError) as e:
+        raise DataError(f"cannot read {path}: {e}; replace the file") from e
+    data = data.removeprefix(codecs.BOM_UTF8)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}, line {line}: not UTF-8 text (byte {data[e.start]:#04x}); save the "
+                        "file as UTF-8") from None
 
 
 def read_rows(path: str | Path, required: Sequence[str], what: str
@@ -23,28 +39,24 @@ def read_rows(path: str | Path, required: Sequence[str], what: str
     if not path.is_file():
         raise DataError(f"{what}: label file {path} does not exist. Point the root at the folder "
                         f"that holds it (expected columns: {', '.join(required)})")
-    f = open_text(path)
-    reader = csv.reader(f)
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
-        f.close()
         raise DataError(f"{path}: the file is empty; expected a header with {', '.join(required)}")
     missing = [c for c in required if c not in header]
     if missing:
-        f.close()
         raise DataError(f"{path}, line 1: missing column(s) {', '.join(missing)} (header is "
                         f"{','.join(header)}); {what} needs {', '.join(required)}")
 
     def rows():
-        with f:
-            for lineno, row in enumerate(reader, start=2):
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue
-                if len(row) < len(header):
-                    raise DataError(f"{path}, line {lineno}: {len(row)} fields, the header has "
-                                    f"{len(header)}; fix or remove the line")
-                yield lineno, row
+        for lineno, row in enumerate(reader, start=2):
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) < len(header):
+                raise DataError(f"{path}, line {lineno}: {len(row)} fields, the header has "
+                                f"{len(header)}; fix or remove the line")
+            yield lineno, row
 
     return header, rows()
 
@@ -66,9 +78,7 @@ def read_table(path: str | Path, required: Sequence[str], what: str) -> tuple[li
     if not path.is_file():
         raise DataError(f"{what}: label file {path} does not exist. Point the root at the folder "
                         f"that holds it (expected columns: {', '.join(required)})")
-    with open_text(path) as f:
-        text = f.read()
-    rows = list(csv.reader(text.splitlines()))
+    rows = list(csv.reader(read_text(path).splitlines()))
     if not rows:
         raise DataError(f"{path}: the file is empty; expected a header with {', '.join(required)}")
     header = [h.strip() for h in rows[0]]

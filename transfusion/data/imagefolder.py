@@ -34,6 +34,17 @@ def _scan(folder: Path, classes: tuple[str, ...]) -> tuple[list[str], list[int]]
     return paths, labels
 
 
+def _check_split_classes(root: Path, classes: tuple[str, ...]) -> None:
+    """Class indices come from train/; a class folder only in val/ or test/ would be dropped."""
+    for split in ("val", "test"):
+        if (root / split).is_dir():
+            extra = sorted(set(_classes(root / split)) - set(classes))
+            if extra:
+                raise DataError(f"{root / split}/ has class(es) {', '.join(extra)} that train/ lacks; "
+                                "the model has no output for them: add them to train/ or move them "
+                                "out of the dataset folder")
+
+
 def load_imagefolder(root: Path, split: str, seed: int, split_file: str | None
                      ) -> tuple[ItemTable, tuple[str, ...], dict]:
     root = Path(root)
@@ -44,6 +55,8 @@ def load_imagefolder(root: Path, split: str, seed: int, split_file: str | None
     if presplit and not folder.is_dir():
         raise DataError(f"{root} has train/ and val/ but no {split}/ folder")
     classes = _classes(root / "train" if presplit else root)
+    if presplit:
+        _check_split_classes(root, classes)
     paths, labels = _scan(folder, classes)
     if not classes or not paths:
         raise DataError(f"{folder} has no class subfolders with images ({', '.join(sorted(EXTS))})")

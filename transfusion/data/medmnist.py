@@ -8,6 +8,7 @@ chestmnist has no uncertain or blank labels, so every policy gives the same targ
 """
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,36 @@ CHESTMNIST_LABELS = ("atelectasis", "cardiomegaly", "effusion", "infiltration", 
 CHESTMNIST_TO_CHEXPERT = (0, 1, 8, 9, 2)
 
 
+def _read_split(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """``{split}_images`` and ``{split}_labels`` of a .npz archive, never unpickling anything."""
+    ki, kl = f"{split}_images", f"{split}_labels"
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path} is not a NumPy .npz archive (a zip of .npy arrays); pass the "
+                        "MedMNIST .npz file itself (e.g. retinamnist.npz)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in (ki, kl) if k not in npz.files]
+            if missing:
+                raise DataError(f"{path}: missing array(s) {missing}; a MedMNIST file has train_/val_/"
+                                f"test_ images and labels (found {npz.files})")
+            out = []
+            for k in (ki, kl):
+                try:
+                    out.append(npz[k])
+                except ValueError as e:
+                    if "allow_pickle" not in str(e):
+                        raise
+                    raise DataError(f"{path}: {k} holds pickled Python objects, which are not read "
+                                    "(they can run code); a MedMNIST file holds plain uint8 arrays: "
+                                    "use the original file") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        why = (str(e).splitlines() or [""])[0]
+        why = f"{type(e).__name__}: {why}" if why and "pickle" not in why else type(e).__name__
+        raise DataError(f"{path} is not a NumPy .npz archive that can be read ({why}); use the "
+                        "original MedMNIST file") from None
+    return out[0], out[1]
+
+
 def load_medmnist(path: Path, split: str, split_file: str | None) -> tuple[ItemTable, Task, dict]:
     path = Path(path)
     if split_file:
@@ -30,22 +61,20 @@ def load_medmnist(path: Path, split: str, split_file: str | None) -> tuple[ItemT
     if not path.is_file():
         raise DataError(f"MedMNIST file {path} does not exist: pass the .npz file itself "
                         "(e.g. retinamnist.npz) as root")
-    try:
-        npz = np.load(path)
-    except Exception as e:  # noqa: BLE001 - numpy raises several kinds for a bad archive
-        raise DataError(f"cannot read {path} as a MedMNIST .npz: {e}") from e
+    images, labels = _read_split(path, split)
     ki, kl = f"{split}_images", f"{split}_labels"
-    with npz:
-        missing = [k for k in (ki, kl) if k not in npz.files]
-        if missing:
-            raise DataError(f"{path}: missing array(s) {missing}; a MedMNIST file has "
-                            "train_/val_/test_ images and labels (found {npz.files})")
-        images, labels = npz[ki], npz[kl]
     if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] != 3):
         raise DataError(f"{path}: {ki} must be uint8 (N,H,W) or (N,H,W,3), got {images.dtype} {images.shape}")
-    labels = np.asarray(labels).reshape(len(labels), -1)
-    if len(labels) != len(images):
-        raise DataError(f"{path}: {len(images)} images but {len(labels)} labels in split {split}")
+    if len(images) == 0:
+        raise DataError(f"{path}: the {split!r} split has no images ({ki} has shape {images.shape}); "
+                        "use a MedMNIST file whose splits all hold images")
+    if 0 in images.shape[1:3]:
+        raise DataError(f"{path}: {ki} images are of zero size (shape {images.shape}); the file is "
+                        "broken: download or rebuild it")
+    if labels.ndim == 0 or len(labels) != len(images):
+        raise DataError(f"{path}: {len(images)} images but {labels.shape[0] if labels.ndim else 0} "
+                        f"labels in split {split}")
+    labels = labels.reshape(len(labels), -1)
     if labels.shape[1] == 1:
         if not np.isin(labels, np.arange(5)).all():
             raise DataError(f"{path}: {kl} has values {np.unique(labels)[:10]} outside the grades 0-4")

@@ -11,6 +11,7 @@ Targets: grade 0-4 (int64); referable DR = grade >= 2 is derived by the metrics.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections import Counter
@@ -22,6 +23,8 @@ from transfusion.data import splits as S
 from transfusion.data.base import ItemTable
 from transfusion.data.csvfile import parse_int_label, read_rows
 from transfusion.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 _EYE = re.compile(r"^(.+)_(left|right)$")
 IMAGE_EXTS = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp")
@@ -55,6 +58,8 @@ def read_grade_csv(csv_path: Path, image_dir: Path, id_col: str, label_col: str,
     cx = [header.index(c) for c in extra_cols]
     files = _index_dir(image_dir)
     ids, grades, paths, sources, extras = [], [], [], [], [[] for _ in extra_cols]
+    first: dict[str, tuple[int, tuple]] = {}  # image -> (line, its values), to catch repeated rows
+    repeats: list[str] = []
     for lineno, row in rows:
         image = row[ci].strip()
         if not image:
@@ -63,12 +68,29 @@ def read_grade_csv(csv_path: Path, image_dir: Path, id_col: str, label_col: str,
             raise DataError(f"{csv_path}, line {lineno}: {id_col} {image!r} is a path, not an "
                             "image name; label files may only name images inside the dataset "
                             "folder (no '/', '\\' or '..'): fix or remove the line")
-        grades.append(parse_int_label(row[cl], range(5), csv_path, lineno, label_col))
+        grade = parse_int_label(row[cl], range(5), csv_path, lineno, label_col)
+        values = (grade, *(row[c].strip() for c in cx))
+        if image in first:
+            line0, values0 = first[image]
+            if values0 != values:
+                shown = lambda v: ", ".join(  # noqa: E731
+                    f"{c} {x}" for c, x in zip((label_col, *extra_cols), v))
+                raise DataError(f"{csv_path}: {id_col} {image!r} is on lines {line0} ({shown(values0)}) "
+                                f"and {lineno} ({shown(values)}) with different labels; keep the "
+                                "right row and delete the other")
+            repeats.append(f"{image!r} (lines {line0} and {lineno})")
+            continue
+        first[image] = (lineno, values)
+        grades.append(grade)
         ids.append(image)
         paths.append(str(image_dir / files.get(image, image + default_ext)))
         sources.append(f"{csv_path.name}, line {lineno}")
         for k, c in enumerate(cx):
             extras[k].append(row[c].strip())
+    if repeats:
+        log.warning("%s: %d duplicate rows with the same labels, each image kept once (first: %s); "
+                    "delete the repeated lines to silence this", csv_path, len(repeats),
+                    ", ".join(repeats[:3]))
     n = len(ids)
     table = ItemTable(image_ids=ids, patient_ids=[patient_of(i) for i in ids],
                       targets=np.asarray(grades, dtype=np.int64), masks=np.ones(n, np.float32),
@@ -97,12 +119,26 @@ def load_eyepacs(root: Path, split: str, seed: int, split_file: str | None) -> t
                                       str(split_file))
         return _pick(pool, assigned, split), {"split_source": f"split file {split_file}"}
     if test is not None:
+        _check_patients_apart(train, test, root)
         if split == "test":
             return test, {"split_source": "retinopathy_solution.csv", "usage": dict(Counter(usage))}
         assigned = S.assign_splits(train.patient_ids, seed, S.TRAIN_VAL_FRACTIONS)
         return _pick(train, assigned, split), {"split_source": f"patient hash seed {seed}, 90/10 train/val"}
     assigned = S.assign_splits(train.patient_ids, seed, S.DEFAULT_FRACTIONS)
     return _pick(train, assigned, split), {"split_source": f"patient hash seed {seed}, 80/10/10"}
+
+
+def _check_patients_apart(train: ItemTable, test: ItemTable, root: Path) -> None:
+    """The test file becomes the test split as is: a patient also in trainLabels.csv would be in
+    train (or val) and test at once, and the test metrics would be inflated."""
+    where: dict[str, str] = {}
+    for pid, src in zip(train.patient_ids, train.sources):
+        where.setdefault(pid, src)  # the patient's first line
+    for pid, src in zip(test.patient_ids, test.sources):
+        if pid in where:
+            raise DataError(f"{root}: EyePACS patient {pid!r} is in {where[pid]} and in {src}; the test file "
+                            "must hold other patients than trainLabels.csv; remove the patient from "
+                            "one file, or give a split_file that puts each patient in one split")
 
 
 def load_aptos(root: Path, split: str, seed: int, split_file: str | None) -> tuple[ItemTable, dict]:

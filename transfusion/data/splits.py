@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import logging
 from collections import Counter
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from transfusion.data.csvfile import read_text
 from transfusion.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -62,19 +64,18 @@ def read_split_file(path: str | Path) -> dict[str, str]:
     if not path.is_file():
         raise DataError(f"split file {path} does not exist: give a CSV with columns id,split")
     mapping: dict[str, str] = {}
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:2]] != ["id", "split"]:
-            raise DataError(f"{path}, line 1: the header must start with 'id,split' (got {header}); "
-                            "write one row per patient or image id with its split (train, val or test)")
-        for lineno, row in enumerate(reader, start=2):
-            if not row or not row[0].strip():
-                continue
-            if len(row) < 2 or row[1].strip() not in SPLITS:
-                raise DataError(f"{path}, line {lineno}: split must be one of {', '.join(SPLITS)}, "
-                                f"got {row[1:2]}")
-            mapping[row[0].strip()] = row[1].strip()
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))  # UTF-8, a BOM dropped
+    header = next(reader, None)
+    if header is None or [h.strip() for h in header[:2]] != ["id", "split"]:
+        raise DataError(f"{path}, line 1: the header must start with 'id,split' (got {header}); "
+                        "write one row per patient or image id with its split (train, val or test)")
+    for lineno, row in enumerate(reader, start=2):
+        if not row or not row[0].strip():
+            continue
+        if len(row) < 2 or row[1].strip() not in SPLITS:
+            raise DataError(f"{path}, line {lineno}: split must be one of {', '.join(SPLITS)}, "
+                            f"got {row[1:2]}")
+        mapping[row[0].strip()] = row[1].strip()
     if not mapping:
         raise DataError(f"split file {path} lists no ids: add rows 'id,split'")
     return mapping

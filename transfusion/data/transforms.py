@@ -55,14 +55,64 @@ def resize_pil(img, size: int, fit: str):
     return img
 
 
+def _bit_depth(img) -> int:
+    """Bits per sample of a one-channel integer image (mode "I;16*" or "I"); ValueError if the
+    file gives no fixed range (32-bit integer or floating-point samples)."""
+    if img.mode.startswith("I;16"):
+        return 16
+    if img.mode == "I":
+        bits = 16 if img.format in ("PNG", "PPM") else None  # PIL opens their 16-bit files as "I"
+        tag = getattr(img, "tag_v2", None)  # TIFF: BitsPerSample
+        if tag is not None and tag.get(258) is not None:
+            bits = int(tuple(tag[258])[0]) if isinstance(tag[258], tuple) else int(tag[258])
+        if bits == 16:
+            return 16
+        raise ValueError(f"{bits or 32}-bit integer samples have no fixed range to scale to [0, 1]; "
+                         "convert the image to 8 or 16 bit")
+    raise ValueError(f"floating-point samples (PIL mode {img.mode}) have no fixed range to scale "
+                     "to [0, 1]; convert the image to 8 or 16 bit")
+
+
+def _to_8bit(img):
+    """A 16-bit gray image as 8-bit "L", scaled by its bit depth (value * 255 / 65535, rounded), so
+    it decodes like its 8-bit version; PIL's own convert("L") would clip every value above 255."""
+    from PIL import Image
+
+    scale = 255.0 / (2 ** _bit_depth(img) - 1)
+    arr = np.asarray(img).astype(np.float32)
+    return Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8), "L")
+
+
+def _check_pixels(img) -> None:
+    """PIL only warns between MAX_IMAGE_PIXELS and twice that; refuse the whole range."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and img.width * img.height > limit:
+        raise ValueError(f"it declares {img.width}x{img.height} pixels, over PIL's decompression bomb "
+                         f"limit of {limit} (PIL.Image.MAX_IMAGE_PIXELS; raise it only for a file "
+                         "you trust)")
+
+
 def decode_file(path: str | Path, size: int, in_channels: int, fit: str) -> np.ndarray:
-    """Read one image file to uint8 (size, size, in_channels). Raises OSError/ValueError as PIL does."""
+    """Read one image file to uint8 (size, size, in_channels). Raises OSError/ValueError as PIL does
+    (ValueError also for a decompression bomb and for samples with no fixed range). 16-bit images
+    are scaled by their bit depth, not clipped."""
     from PIL import Image
 
     mode = pil_mode(in_channels)
-    with Image.open(path) as img:
+    try:
+        img = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"it declares over twice PIL's decompression bomb limit of "
+                         f"{Image.MAX_IMAGE_PIXELS} pixels (PIL.Image.MAX_IMAGE_PIXELS; raise it only "
+                         "for a file you trust)") from e
+    with img:
+        _check_pixels(img)
         if img.format == "JPEG":
             img.draft(mode, (size, size))  # decode at reduced scale when much larger than needed
+        if img.mode.startswith("I") or img.mode.startswith("F"):
+            img = _to_8bit(img)
         img = img.convert(mode)
         img = resize_pil(img, size, fit)
         arr = np.asarray(img, dtype=np.uint8)
