@@ -54,7 +54,7 @@ def test_representations(space):
     assert {r["pair"] for r in rows} == {"random vs transfer", "random vs random"}
     assert all(0 <= r["svcca"] <= 1.0001 for r in rows if r["svcca"] is not None)
     _png(out / "cca_top_layers.png")
-    assert (out / "similarity_cbr_tiny.json").is_file()
+    assert (out / "similarity_cbr_tiny_s0.json").is_file()  # one triplet per seed
 
 
 def test_layer_change(space):
@@ -84,6 +84,7 @@ def test_speed_experiments(space, name, kw, settings):
     _png(out / "auc_vs_step.png")
     _png(out / "steps_to_threshold.png")
     assert "Steps-to-threshold level" in text
+    assert "## Findings" in text and (out / "findings.csv").is_file()
 
 
 def test_report_rebuilds_from_run_folders(space):
@@ -94,6 +95,13 @@ def test_report_rebuilds_from_run_folders(space):
     assert result.exit_code == 0, result.output
     assert (out / "results.csv").is_file() and (out / "auc.png").is_file() and (out / "report.md").is_file()
     assert len(read_csv(out / "results.csv")) == 2
+    # the findings index: every experiment's declared claims, each with a verdict
+    found = read_csv(common.Path(space["out"]) / "findings.csv")
+    experiments = {r["experiment"] for r in found}
+    assert {"performance", "representations", "layer-change", "mean-var", "gabor", "slim",
+            "weight-transfusion"} <= experiments
+    assert all(r["verdict"] in ("supported", "contradicted", "inconclusive") for r in found)
+    assert (common.Path(space["out"]) / "findings.md").is_file()
 
 
 def test_compare_prints_per_layer_similarity(space):

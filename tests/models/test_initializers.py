@@ -1,4 +1,4 @@
-"""Each initialisation checked by what it must do (PAPER.md, "Initialisations")."""
+"""Each initialisation checked by what it must do (docs/paper.md, "Initialisations")."""
 import json
 import math
 

@@ -22,7 +22,7 @@ def test_torchvision_parameter_counts(name, expected):
     assert n_params(model_skeleton(name, 1000)) == expected
 
 
-# PAPER.md, "Models": conv weights LargeT 8.53M, LargeW 8.44M, Small 2.11M, Tiny 1.08M.
+# docs/paper.md, "Models": conv weights LargeT 8.53M, LargeW 8.44M, Small 2.11M, Tiny 1.08M.
 @pytest.mark.parametrize("name, millions", [
     ("cbr_larget", 8.53), ("cbr_largew", 8.44), ("cbr_small", 2.11), ("cbr_tiny", 1.08)])
 def test_cbr_conv_weight_counts_match_the_paper(name, millions):

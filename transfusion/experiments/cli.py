@@ -38,6 +38,7 @@ def _run(name: str, *, preset, dataset, data_dir, data_format, models, seeds, st
     check_writable_dir("--runs", runs)
     names = EXPERIMENT_NAMES if name == "all" else (name,)
     t_all = time.perf_counter()
+    index = None
     for n in names:
         cfg = C.make_config(
             n, preset=preset, dataset=dataset, data_dir=data_dir, data_format=data_format,
@@ -50,8 +51,13 @@ def _run(name: str, *, preset, dataset, data_dir, data_format, models, seeds, st
                    f"{'data ' + cfg.data_dir if cfg.data_dir else 'SYNTHETIC data'})")
         report = run_experiment(cfg)
         typer.echo(f"   done in {time.perf_counter() - t0:.1f} s: {report}")
+        from transfusion.experiments.claims import write_index
+
+        index = write_index(Path(out))  # every experiment's findings so far, one table
     if name == "all":
         typer.echo(f"== all experiments done in {time.perf_counter() - t_all:.1f} s; results in {out}")
+    if index:
+        typer.echo(f"   findings: {index[1]} ({index[0].name})")
 
 
 def _make_command(name: str, doc: str, *, small_data: bool = False, upto: bool = False):
@@ -122,6 +128,12 @@ def report(
 
     for p in rebuild_report(directory, Path(runs) if runs else None):
         typer.echo(str(p))
+    from transfusion.experiments.claims import write_index
+
+    root = directory if not (Path(directory) / "plan.json").is_file() else Path(directory).parent
+    index = write_index(root)
+    if index:
+        typer.echo(str(index[1]))
 
 
 def compare(

@@ -87,8 +87,20 @@ def execute(cfg: ExperimentConfig, specs: list) -> None:
     kwargs = {"device": cfg.device} if cfg.executor == "local" and cfg.device else {}
     ex = make_executor(cfg.executor, runs_dir=cfg.runs_dir, **kwargs)
     batches = [[s] for s in unique] if cfg.executor == "local" else [unique]
+    from transfusion.experiments.runs import Progress
+    from transfusion.train.spec import is_finished
+
+    todo = [s for s in unique if not is_finished(s, cfg.runs_dir)]
+    progress = Progress(len(todo)) if cfg.executor == "local" and todo else None
+    if len(todo) < len(unique):
+        log.info("%d of %d runs of this plan already finished: skipped", len(unique) - len(todo),
+                 len(unique))
     for batch in batches:
+        if progress and batch[0] in todo:
+            progress.starting(batch[0].run_id)
         results = ex.run(batch, cfg.runs_dir)
+        if progress and batch[0] in todo:
+            progress.finished(batch[0].run_id)
         stopped = [r for r in results if r.get("status") != "finished"]
         if stopped:
             raise RunsInterrupted(
@@ -169,7 +181,8 @@ class Context:
 def plan_experiment(cfg: ExperimentConfig, module, data: dict, pretrained: dict[str, dict]
                     ) -> list[PlannedRun]:
     def make(*, model: str, init: str, seed: int, upto: str | None = None, limit: int | None = None,
-             slot: str | None = None, source_model: str | None = None) -> PlannedRun:
+             slot: str | None = None, source_model: str | None = None,
+             triplet: int | None = None) -> PlannedRun:
         ckpt = None
         if init != "random":
             src = source_model or model
@@ -182,6 +195,8 @@ def plan_experiment(cfg: ExperimentConfig, module, data: dict, pretrained: dict[
         role = {"model": model, "init": init, "seed": seed, "upto": upto, "limit": limit}
         if slot:
             role["slot"] = slot
+        if triplet is not None:
+            role["triplet"] = triplet
         if source_model:
             role["source_model"] = source_model
         return PlannedRun(role=role, spec=spec)
@@ -193,7 +208,7 @@ def needed_pretrained(cfg: ExperimentConfig, module) -> list[str]:
     """The models whose pretrained weights the plan needs (a dry plan that records roles only)."""
     needed: list[str] = []
 
-    def dry(*, model, init, seed, upto=None, limit=None, slot=None, source_model=None):
+    def dry(*, model, init, seed, upto=None, limit=None, slot=None, source_model=None, triplet=None):
         src = source_model or model
         if init != "random" and src not in needed:
             needed.append(src)

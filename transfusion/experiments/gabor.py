@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from transfusion.experiments import claims
 from transfusion.experiments.speed import speed_report
 
 NAME = "gabor"
@@ -51,4 +52,5 @@ def report(plan_doc: dict, runs_dir: Path, out_dir: Path) -> Path:
     return speed_report(plan_doc, runs_dir, out_dir, label=label, order=ORDER, title=TITLE,
                         question=QUESTION, curve_title="Gabor vs transfused conv1 vs random: validation AUC vs step",
                         steps_title="Steps to the AUC threshold: Gabor, transfused conv1, random",
-                        extra_sections=figs)
+                        extra_sections=figs,
+                        claims=lambda rows: claims.gabor(rows, "auc_vs_step.png"))

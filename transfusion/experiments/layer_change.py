@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from transfusion.experiments.common import base_row, load_plan_runs, setup_text, standard_warnings
+from transfusion.experiments import claims
 from transfusion.report import document, figures, tables
 from transfusion.train.run_folder import RunFolder
 
@@ -24,7 +25,8 @@ INITS = ("random", "transfer")
 
 
 def plan(cfg, make) -> list:
-    return [make(model=m, init=i, seed=cfg.seeds[0]) for m in cfg.models for i in INITS]
+    # every seed: the claims pair runs by seed (the runs are the performance experiment's)
+    return [make(model=m, init=i, seed=s) for m in cfg.models for i in INITS for s in cfg.seeds]
 
 
 def analyse(cfg, planned, runs_dir: Path, ctx) -> None:
@@ -78,9 +80,12 @@ def report(plan_doc: dict, runs_dir: Path, out_dir: Path) -> Path:
     series = {}
     for m in cfg["models"]:
         for i in INITS:
-            mine = sorted((r for r in rs if r["model"] == m and r["init"] == i), key=lambda r: r["layer_index"])
-            if mine:
-                series[f"{m} {i}"] = ([r["layer"] for r in mine], [r["svcca"] for r in mine])
+            mine = [r for r in rs if r["model"] == m and r["init"] == i]
+            layers = sorted({(r["layer_index"], r["layer"]) for r in mine})
+            if layers:  # mean over seeds per layer
+                vals = [tables.mean_std([r["svcca"] for r in mine if r["layer_index"] == li])[0]
+                        for li, _ in layers]
+                series[f"{m} {i}"] = ([name for _, name in layers], vals)
     figs = []
     if series:
         figures.layer_curves(series, out_dir / "cca_init_final.png",
@@ -89,7 +94,7 @@ def report(plan_doc: dict, runs_dir: Path, out_dir: Path) -> Path:
     for m in cfg["models"]:
         panels = {}
         for r in plan_doc["runs"]:
-            if r["role"]["model"] != m:
+            if r["role"]["model"] != m or r["role"]["seed"] != cfg["seeds"][0]:
                 continue
             for which, when in (("step0", "before"), ("final", "after")):
                 w = conv1_weights(Path(runs_dir) / r["run_id"], which)
@@ -99,13 +104,17 @@ def report(plan_doc: dict, runs_dir: Path, out_dir: Path) -> Path:
             name = f"conv1_filters_{m}.png"
             figures.filter_grids(panels, out_dir / name, title=f"Fig. 5: {m} conv1 filters")
             figs.append((f"{m}: conv1 filters before and after training, random and transfer", name))
-    body = [[r["model"], r["init"], r["layer"], tables.fmt(r["svcca"]), tables.fmt(r["cka"])] for r in rs]
+    body = [[r["model"], r["init"], r["seed"], r["layer"], tables.fmt(r["svcca"]), tables.fmt(r["cka"])]
+            for r in rs]
+    found = claims.layer_change(rs, list(cfg["models"]), "cca_init_final.png")
+    claims.write(out_dir, found)
     recs = load_plan_runs(plan_doc, runs_dir)
     base = [base_row(r, cfg, plan_doc["pretrained"]) for r in recs]
-    section = (tables.markdown_table(["model", "init", "layer", "SVCCA(init, final)", "CKA(init, final)"], body)
+    section = (tables.markdown_table(["model", "init", "seed", "layer", "SVCCA(init, final)",
+                                      "CKA(init, final)"], body)
                + "\nPaper (Fig. 3): with transfer, lower layers change little and the top layers most; "
                  "from random init, lower layers change much more. Fig. 5: transferred conv1 filters "
                  "barely change; random ones stay noisy.\n")
     return document.write_report(out_dir, title=TITLE, question=QUESTION, setup=setup_text(plan_doc, base),
-                                 sections=[("Results", section)], figures=figs,
+                                 sections=[claims.section(found), ("Results", section)], figures=figs,
                                  warnings=standard_warnings(plan_doc, base))

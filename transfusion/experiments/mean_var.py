@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from transfusion.experiments import claims
 from transfusion.experiments.speed import speed_report
 
 NAME = "mean-var"
@@ -28,12 +29,11 @@ def plan(cfg, make) -> list:
 
 
 
-
-
 def report(plan_doc: dict, runs_dir: Path, out_dir: Path) -> Path:
     ms = sorted({r["role"]["model"] for r in plan_doc["runs"]})
     label = (lambda role: role["init"]) if len(ms) == 1 else (lambda role: f"{role['model']} {role['init']}")
     order = [i if len(ms) == 1 else f"{m} {i}" for m in ms for i in INITS]
     return speed_report(plan_doc, runs_dir, out_dir, label=label, order=order, title=TITLE,
                         question=QUESTION, curve_title=f"{', '.join(ms)}: validation AUC vs step (Fig. 6)",
-                        steps_title="Steps to the AUC threshold per initialisation")
+                        steps_title="Steps to the AUC threshold per initialisation",
+                        claims=lambda rows: claims.mean_var(rows, "auc_vs_step.png"))

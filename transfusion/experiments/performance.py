@@ -9,6 +9,7 @@ from pathlib import Path
 
 from transfusion.experiments.common import (base_row, final_metric, headline_key, load_plan_runs,
                                             setup_text, standard_warnings)
+from transfusion.experiments import claims
 from transfusion.report import document, figures, tables
 
 NAME = "performance"
@@ -64,7 +65,10 @@ def report(plan_doc: dict, runs_dir: Path, out_dir: Path) -> Path:
             p_txt = ("n/a" if p is None else
                      (f"{p[0]} ± {p[1]}" if isinstance(p, tuple) else f"{p}"))
             body.append([m, i, tables.fmt_mean_std(*stats[(m, i)]), p_txt])
-    sections = [("Results" + (f" on {small} training images (Table 3)" if small else " (Tables 1, 2)"),
+    found = claims.performance(rs, list(cfg["models"]), "auc.png")
+    claims.write(out_dir, found)
+    sections = [claims.section(found),
+                ("Results" + (f" on {small} training images (Table 3)" if small else " (Tables 1, 2)"),
                  tables.markdown_table(head, body))]
     if cfg["dataset"] == "chexpert":
         head = ["pathology"] + [f"{m} {i}" for m in cfg["models"] for i in INITS] + ["paper ResNet50 % (random / transfer)"]

@@ -45,21 +45,53 @@ class LocalExecutor:
         specs = list(specs)
         todo = [s for s in specs if not is_finished(s, runs_dir)]
         if len(todo) < len(specs):
-            log.info("%d of %d runs already finished: skipped", len(specs) - len(todo), len(specs))
+            (log.info if len(specs) > 1 else log.debug)(
+                "%d of %d runs already finished: skipped", len(specs) - len(todo), len(specs))
+        progress = Progress(len(todo)) if len(todo) > 1 else None
         if self.workers == 1 or len(todo) <= 1:
             for s in todo:
+                if progress:
+                    progress.starting(s.run_id)
                 _run_one(s.to_dict(), str(runs_dir), self.device, self.num_workers, None)
+                if progress:
+                    progress.finished(s.run_id)
         else:
             import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
+            from concurrent.futures import ProcessPoolExecutor, as_completed
 
             threads = max(1, (os.cpu_count() or 1) // self.workers)
             with ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn")) as pool:
-                futs = [pool.submit(_run_one, s.to_dict(), str(runs_dir), self.device,
-                                    self.num_workers, threads) for s in todo]
-                for f in futs:
+                futs = {pool.submit(_run_one, s.to_dict(), str(runs_dir), self.device,
+                                    self.num_workers, threads): s for s in todo}
+                log.info("%d runs on %d worker processes", len(todo), self.workers)
+                for f in as_completed(futs):
                     f.result()
+                    if progress:
+                        progress.finished(futs[f].run_id, parallel=self.workers)
         return [_final_or_status(s, runs_dir) for s in specs]
+
+
+class Progress:
+    """'run i/N' lines with an ETA from the mean time of the runs finished so far."""
+
+    def __init__(self, total: int) -> None:
+        import time
+
+        self.total, self.done, self.t0, self._clock = total, 0, time.monotonic(), time.monotonic
+
+    def starting(self, run_id: str) -> None:
+        log.info("run %d/%d: %s%s", self.done + 1, self.total, run_id, self._eta())
+
+    def finished(self, run_id: str, parallel: int = 1) -> None:
+        self.done += 1
+        if parallel > 1:
+            log.info("finished %d/%d: %s%s", self.done, self.total, run_id, self._eta())
+
+    def _eta(self) -> str:
+        if self.done == 0:
+            return ""
+        left = (self._clock() - self.t0) / self.done * (self.total - self.done)
+        return f" (about {int(left // 60)} min {int(left % 60):02d} s left)"
 
 
 def _final_or_status(spec: RunSpec, runs_dir: Path) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from transfusion.experiments import claims
 from transfusion.experiments.speed import speed_report
 
 NAME = "slim"
@@ -39,4 +40,5 @@ ORDER = ["slim (pretrained to block2)", "transfer", "random"]
 def report(plan_doc: dict, runs_dir: Path, out_dir: Path) -> Path:
     return speed_report(plan_doc, runs_dir, out_dir, label=label, order=ORDER, title=TITLE,
                         question=QUESTION, curve_title="Slim vs transfer vs random: validation AUC vs step",
-                        steps_title="Steps to the AUC threshold: slim, transfer, random")
+                        steps_title="Steps to the AUC threshold: slim, transfer, random",
+                        claims=lambda rows: claims.slim(rows, "auc_vs_step.png"))

@@ -12,6 +12,9 @@ from pathlib import Path
 
 from transfusion.experiments.common import (base_row, curve, final_metric, headline_key,
                                             load_plan_runs, setup_text, standard_warnings, steps_to)
+from transfusion.experiments.claims import section as claims_section
+from transfusion.experiments.claims import speed_values
+from transfusion.experiments.claims import write as write_claims
 from transfusion.report import document, figures, tables
 
 
@@ -35,10 +38,14 @@ def speed_rows(plan_doc: dict, runs_dir: Path, label: Callable[[dict], str]) -> 
 def speed_report(plan_doc: dict, runs_dir: Path, out_dir: Path, *, label: Callable[[dict], str],
                  order: list[str], title: str, question: str, curve_title: str, steps_title: str,
                  curve_file: str = "auc_vs_step.png", steps_file: str = "steps_to_threshold.png",
-                 extra_sections: list | None = None) -> Path:
+                 extra_sections: list | None = None,
+                 claims: Callable[[list[dict]], list[dict]] | None = None) -> Path:
+    """The speed report; ``claims(rows)`` (rows with 'curve_mean') gives the experiment's findings
+    (transfusion.experiments.claims), written to findings.csv and a Findings section."""
     cfg = plan_doc["config"]
     key = headline_key(cfg["dataset"])
     rs, recs = speed_rows(plan_doc, runs_dir, label)
+    rs = speed_values(rs, recs, key)
     tables.write_csv(out_dir / "results.csv", rs)
     settings = [s for s in order if any(r["setting"] == s for r in rs)]
     series = {s: [curve(rec, key) for rec, r in zip(recs, rs) if r["setting"] == s] for s in settings}
@@ -60,6 +67,10 @@ def speed_report(plan_doc: dict, runs_dir: Path, out_dir: Path, *, label: Callab
     sections = [("Results", tables.markdown_table(head, body)
                  + f"\nPaper, for orientation: {tables.PAPER_SPEED_NOTE}; its threshold is "
                    f"{tables.PAPER_THRESHOLD} AUC on retina.\n")]
+    if claims is not None:
+        found = claims(rs)
+        write_claims(out_dir, found)
+        sections.insert(0, claims_section(found))
     sections += extra_sections or []
     warnings = standard_warnings(plan_doc, rs)
     if rs and not any(r["reached_threshold"] for r in rs):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from transfusion.errors import ConfigError
+from transfusion.experiments import claims
 from transfusion.experiments.speed import speed_report
 
 NAME = "weight-transfusion"
@@ -47,4 +48,5 @@ ORDER = ["random"] + [f"upto {c}" for c in CUTS] + ["transfer (all)"]
 def report(plan_doc: dict, runs_dir: Path, out_dir: Path) -> Path:
     return speed_report(plan_doc, runs_dir, out_dir, label=label, order=ORDER, title=TITLE,
                         question=QUESTION, curve_title="Validation AUC vs step per transfusion cut",
-                        steps_title="Steps to the AUC threshold per transfusion cut (Fig. 8)")
+                        steps_title="Steps to the AUC threshold per transfusion cut (Fig. 8)",
+                        claims=lambda rows: claims.weight_transfusion(rows, CUTS, "steps_to_threshold.png"))

@@ -28,7 +28,7 @@ class CBRSpec:
     layers: tuple[tuple[int, bool], ...]
 
 
-# PAPER.md, "Models": CBR-Tiny is 5x5 32-64-128-256 (1.08M conv weights), see the note there.
+# docs/paper.md, "Models": CBR-Tiny is 5x5 32-64-128-256 (1.08M conv weights), see the note there.
 CBR_SPECS: dict[str, CBRSpec] = {
     "cbr_larget": CBRSpec(7, ((32, True), (64, True), (128, True), (256, True), (512, False))),
     "cbr_largew": CBRSpec(7, ((64, True), (128, True), (256, True), (512, True))),

@@ -1,6 +1,6 @@
 """Conv activations (N, C, H, W) -> a (datapoints, neurons) matrix for (SV)CCA.
 
-Each spatial position of each image is a datapoint and each channel a neuron (PAPER.md). CCA
+Each spatial position of each image is a datapoint and each channel a neuron (docs/paper.md). CCA
 needs many more datapoints than neurons: aim for datapoints >= 10 x neurons (a warning says when
 a matrix falls below that). Two knobs trade datapoints for memory and make layers comparable:
 

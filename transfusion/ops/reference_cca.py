@@ -1,6 +1,6 @@
 """Float64 pure-torch references of CCA, SVCCA, PWCCA and linear CKA: the test oracle.
 
-Straight from the definitions (PAPER.md, last section), on the full data matrices, no Gram
+Straight from the definitions (docs/paper.md, last section), on the full data matrices, no Gram
 shortcut: centre each neuron; an orthonormal basis Q of each centred matrix comes from its thin SVD
 (the left singular vectors of the directions kept); the canonical correlations are the singular
 values of Q_x^T Q_y. Slow (O(n a^2) SVDs in float64) and simple on purpose.

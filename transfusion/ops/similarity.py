@@ -9,7 +9,7 @@ How: one pass over the n datapoints computes the float64 cross-product statistic
 after that works on (a+b)^2 numbers in float64:
 
   * each side: eigendecomposition of its centred covariance C = V diag(l) V^T. SVCCA keeps the
-    fewest top directions whose variances l reach ``keep`` of the total (PAPER.md: 99%); CCA keeps
+    fewest top directions whose variances l reach ``keep`` of the total (docs/paper.md: 99%); CCA keeps
     every direction of the standardised covariance (each neuron scaled to unit variance) whose
     variance exceeds ``rtol`` times the largest. ``rtol`` is the only regularisation: directions
     below it are treated as absent (rank deficiency: dead units, duplicated neurons, n close to a),

@@ -14,7 +14,8 @@ from pathlib import Path
 from transfusion.utils import atomic_write_text
 
 PAPER_SOURCE = ("Raghu, Zhang, Kleinberg, Bengio, 'Transfusion: Understanding Transfer Learning for "
-                "Medical Imaging', NeurIPS 2019 (arXiv 1902.07208), as transcribed in shared/PAPER.md")
+                "Medical Imaging', NeurIPS 2019 (arXiv 1902.07208), as transcribed in docs/paper.md of the "
+                "transfusion repository")
 
 # RETINA AUC %, mean +- std over 3 runs (paper Table 1).
 PAPER_RETINA_AUC = {

@@ -6,11 +6,11 @@ run records the resolved recipe it actually used in its config.json.
 
 Choices where the paper is silent (recorded in every run's config.json under ``recipe.notes``):
 
-- retina: Adam lr 1e-3, batch 8, 587 px, constant lr (PAPER.md). Weight decay 0 (Adam's default;
+- retina: Adam lr 1e-3, batch 8, 587 px, constant lr (docs/paper.md). Weight decay 0 (Adam's default;
   not stated). Augmentation on: the data stream's retina augmentation (flips, small rotations/scale,
   brightness/contrast), since a 150k-step run on a finite set would otherwise overfit.
 - chexpert: SGD momentum 0.9, batch 32, 224 px, lr 0.1 * batch/256 (= 0.0125 at batch 32) reached by
-  a linear warm-up from 0 over 5 epochs, then divided by 10 at epochs 30, 60 and 90 (PAPER.md).
+  a linear warm-up from 0 over 5 epochs, then divided by 10 at epochs 30, 60 and 90 (docs/paper.md).
   An "epoch" is ``train_size / batch_size`` steps (a float; the data order crosses epoch borders
   without dropping a batch). Weight decay 1e-4 (the standard value for this SGD/step recipe;
   not stated). Augmentation on (the data stream's CheXpert augmentation). The lr follows the
