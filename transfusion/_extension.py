@@ -67,6 +67,20 @@ def has_kernel(device: torch.device | str) -> bool:
     return torch.device(device).type in kernel_device_types()
 
 
+def op_available(name: str, device: torch.device | str) -> bool:
+    """True when ``torch.ops.transfusion.<name>`` exists (an extension built before the op was
+    added lacks it) and has kernels for ``device``'s type. The one kernel check of the ops: the
+    hot paths read ``kernel_device_types()`` once at import into a constant (torch.compile folds
+    it), everything else asks here."""
+    if not has_kernel(device):
+        return False
+    try:
+        getattr(torch.ops.transfusion, name)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
 def build_info() -> dict[str, Any]:
     """What was built: extension loaded or why not, CUDA kernels and their archs, CPU capability."""
     module, reason = _load()

@@ -32,11 +32,11 @@ def _stats_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 # Read once at import: torch.compile cannot trace the lru_cache'd loader in _extension.
-_KERNEL_DEVICE_TYPES = _extension.kernel_device_types()
+_KERNEL_DEVICES = _extension.kernel_device_types()
 
 
 def _has_kernel(x: torch.Tensor) -> bool:
-    if x.device.type not in _KERNEL_DEVICE_TYPES:
+    if x.device.type not in _KERNEL_DEVICES:
         return False
     return x.device.type == "cuda" or x.dtype in (torch.float32, torch.float64)
 

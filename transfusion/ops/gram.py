@@ -62,13 +62,7 @@ def first_chunk_shift(xs: list[torch.Tensor], chunk_rows: int = DEFAULT_CHUNK_RO
 
 
 def _op_available(device: torch.device) -> bool:
-    if not _extension.has_kernel(device):
-        return False
-    try:
-        torch.ops.transfusion.gram_pass  # noqa: B018  (built before this op existed?)
-    except (AttributeError, RuntimeError):
-        return False
-    return True
+    return _extension.op_available("gram_pass", device)
 
 
 @contextlib.contextmanager
