@@ -39,7 +39,7 @@ def _png(path):
 def test_performance(space):
     out, text = _run("performance", space)
     rows = read_csv(out / "results.csv")
-    assert RUN_COLUMNS | {"auc", "metric"} <= set(rows[0])
+    assert RUN_COLUMNS | {"auc", "auprc", "ece", "metric"} <= set(rows[0])
     assert {(r["model"], r["init"]) for r in rows} == {("cbr_tiny", "random"), ("cbr_tiny", "transfer")}
     assert all(r["finished"] == "True" or r["finished"] is True for r in rows)
     _png(out / "auc.png")

@@ -107,3 +107,46 @@ def test_steps_to_threshold_interpolates(tmp_path):
     p.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4')  # cut last line
     assert M.steps_to_threshold(p, "auc", 0.95) == 200
     assert M.steps_to_threshold(str(p), "auc", 0.95) == 200
+
+
+def test_average_precision_equals_sklearn_with_ties():
+    from sklearn.metrics import average_precision_score
+
+    from transfusion.train.metrics import average_precision
+
+    rng = np.random.default_rng(0)
+    for n, levels in ((50, 5), (400, 1000), (1000, 3)):
+        s = rng.integers(0, levels, n).astype(float)  # many ties when levels is small
+        y = (rng.random(n) < 0.2).astype(int)
+        assert average_precision(s, y) == pytest.approx(average_precision_score(y, s), abs=1e-12)
+    with pytest.warns(Warning, match="no positive"):
+        assert np.isnan(average_precision([0.1, 0.2], [0, 0]))
+
+
+def test_expected_calibration_error_known_values():
+    from transfusion.train.metrics import expected_calibration_error
+
+    # all predictions 0.8 in one bin, 3 of 4 positive: |0.75 - 0.8| = 0.05
+    assert expected_calibration_error([0.8] * 4, [1, 1, 1, 0]) == pytest.approx(0.05)
+    # two bins, each perfectly calibrated
+    assert expected_calibration_error([0.25] * 4 + [0.75] * 4, [1, 0, 0, 0, 1, 1, 1, 0]) == pytest.approx(0.0)
+    # calibrated by construction on many samples: small; always-wrong confident: large
+    rng = np.random.default_rng(1)
+    p = rng.random(200_000)
+    assert expected_calibration_error(p, rng.random(p.size) < p) < 0.01
+    assert expected_calibration_error([1.0, 1.0, 0.0], [0, 0, 1]) == pytest.approx(1.0)
+
+
+def test_task_metrics_report_auprc_and_ece():
+    from transfusion.train.metrics import chexpert_metrics, retina_metrics
+
+    rng = np.random.default_rng(2)
+    grades = rng.integers(0, 5, 300)
+    logits = rng.normal(size=(300, 5)) + 2 * np.eye(5)[grades]
+    r = retina_metrics(logits, grades)
+    assert 0 < r["auprc_referable"] <= 1 and 0 <= r["ece_referable"] <= 1
+    labels = ["Atelectasis", "Pleural Effusion"]
+    t = (rng.random((200, 2)) < 0.3).astype(float)
+    c = chexpert_metrics(rng.normal(size=(200, 2)) + 2 * t, t, np.ones_like(t), labels)
+    for key in ("auprc_atelectasis", "ece_pleural_effusion", "auprc_mean", "ece_mean"):
+        assert np.isfinite(c[key]), key

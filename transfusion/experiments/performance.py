@@ -33,8 +33,11 @@ def rows(plan_doc: dict, runs_dir: Path) -> list[dict]:
         row = base_row(rec, cfg, plan_doc["pretrained"])
         row["metric"] = key
         row["auc"] = final_metric(rec, key)
+        # beside AUC: AUPRC (precision-recall, telling on rare positives) and calibration (ECE)
+        row["auprc"] = final_metric(rec, key.replace("auc", "auprc", 1))
+        row["ece"] = final_metric(rec, key.replace("auc", "ece", 1))
         for k in sorted(((rec.final or {}).get("metrics") or {}).keys()):
-            if k.startswith(("auc", "kappa")) and k != key:
+            if k.startswith(("auc", "kappa", "auprc", "ece")) and k != key:
                 row[k] = final_metric(rec, k)
         out.append(row)
     return out
@@ -55,7 +58,9 @@ def report(plan_doc: dict, runs_dir: Path, out_dir: Path) -> Path:
                          title=f"{cfg['dataset']} AUC, mean ± std over seeds"
                                + (f" (train limit {small})" if small else ""),
                          reference=reference, reference_label="paper (real retina)")
-    head = ["model", "init", "ours: AUC mean ± std", "paper (retina, %)"]
+    auprc = tables.group_mean_std(rs, ("model", "init"), "auprc")
+    ece = tables.group_mean_std(rs, ("model", "init"), "ece")
+    head = ["model", "init", "ours: AUC mean ± std", "AUPRC", "ECE", "paper AUC (retina, %)"]
     body = []
     for m in cfg["models"]:
         for i in INITS:
@@ -64,7 +69,9 @@ def report(plan_doc: dict, runs_dir: Path, out_dir: Path) -> Path:
             p = paper.get((m, i)) if cfg["dataset"] == "retina" else None
             p_txt = ("n/a" if p is None else
                      (f"{p[0]} ± {p[1]}" if isinstance(p, tuple) else f"{p}"))
-            body.append([m, i, tables.fmt_mean_std(*stats[(m, i)]), p_txt])
+            body.append([m, i, tables.fmt_mean_std(*stats[(m, i)]),
+                         tables.fmt_mean_std(*auprc[(m, i)]) if (m, i) in auprc else "n/a",
+                         tables.fmt_mean_std(*ece[(m, i)]) if (m, i) in ece else "n/a", p_txt])
     found = claims.performance(rs, list(cfg["models"]), "auc.png")
     claims.write(out_dir, found)
     sections = [claims.section(found),

@@ -67,6 +67,51 @@ def roc_auc(scores, labels, *, name: str = "AUC") -> float:
     return float((r[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def average_precision(scores, labels, *, name: str = "AUPRC") -> float:
+    """Area under the precision-recall curve as average precision: sum over the distinct score
+    thresholds (high to low) of (recall gain) x precision, which equals scikit-learn's
+    ``average_precision_score`` (tied scores form one threshold). NaN with a warning when there is
+    no positive (precision-recall is undefined), never 0."""
+    s, y = _np(scores).ravel(), _np(labels).ravel()
+    if s.shape != y.shape:
+        raise ValueError(f"{name}: scores ({s.shape[0]}) and labels ({y.shape[0]}) differ in length")
+    if not np.all(np.isfinite(s)):
+        raise ValueError(f"{name}: scores contain NaN or inf (the model diverged?)")
+    y = y.astype(bool)
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        warnings.warn(f"{name}: the evaluation set has no positive example ({len(y)}); AUPRC is "
+                      f"undefined and reported as NaN", MetricWarning, stacklevel=2)
+        return math.nan
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # last index of each distinct score
+    tp = np.cumsum(y)[last]
+    precision = tp / (last + 1)
+    recall_gain = np.diff(np.r_[0, tp]) / n_pos
+    return float(np.sum(recall_gain * precision))
+
+
+#: equal-width probability bins of the expected calibration error (Guo et al. 2017 use 15)
+ECE_BINS = 15
+
+
+def expected_calibration_error(probs, labels, *, bins: int = ECE_BINS) -> float:
+    """Binary expected calibration error: over ``bins`` equal-width bins of the predicted
+    probability of the positive class, the size-weighted mean of |fraction positive - mean
+    predicted probability|. 0 is perfectly calibrated; NaN for an empty set."""
+    p, y = _np(probs).ravel().astype(np.float64), _np(labels).ravel().astype(np.float64)
+    if p.shape != y.shape:
+        raise ValueError(f"ECE: probabilities ({p.shape[0]}) and labels ({y.shape[0]}) differ in length")
+    if p.size == 0:
+        return math.nan
+    if not np.all((p >= 0) & (p <= 1)):
+        raise ValueError("ECE: probabilities must lie in [0, 1]")
+    idx = np.minimum((p * bins).astype(np.int64), bins - 1)
+    gap = np.abs(np.bincount(idx, weights=y, minlength=bins) - np.bincount(idx, weights=p, minlength=bins))
+    return float(gap.sum() / p.size)
+
+
 def quadratic_kappa(y_true, y_pred, num_classes: int | None = None) -> float:
     """Cohen's kappa with quadratic weights (i - j)^2 over classes 0..num_classes-1.
 
@@ -118,8 +163,11 @@ def retina_metrics(logits, grades, *, referable_grade: int = REFERABLE_GRADE) ->
         raise ValueError(f"retina_metrics: logits {lg.shape} do not match grades {g.shape}")
     k = lg.shape[1]
     prob = _softmax(lg)
-    out = {"auc_referable": roc_auc(prob[:, referable_grade:].sum(1), g >= referable_grade,
-                                    name="referable-DR AUC")}
+    referable = prob[:, referable_grade:].sum(1).clip(0.0, 1.0)
+    out = {"auc_referable": roc_auc(referable, g >= referable_grade, name="referable-DR AUC"),
+           "auprc_referable": average_precision(referable, g >= referable_grade,
+                                                name="referable-DR AUPRC"),
+           "ece_referable": expected_calibration_error(referable, g >= referable_grade)}
     pred = prob.argmax(1)
     out["kappa"] = quadratic_kappa(g, pred, k)
     out["accuracy"] = float((pred == g).mean())
@@ -143,17 +191,28 @@ def chexpert_metrics(logits, targets, masks, label_names: Sequence[str]) -> dict
     if lg.shape != t.shape or t.shape != m.shape or lg.ndim != 2 or lg.shape[1] != len(label_names):
         raise ValueError(f"chexpert_metrics: logits {lg.shape}, targets {t.shape}, masks {m.shape} and "
                          f"{len(label_names)} label names do not fit together")
-    out, aucs = {}, []
+    out, aucs, auprcs, eces = {}, [], [], []
     for j, name in enumerate(label_names):
         keep = m[:, j] > 0
-        key = "auc_" + name.lower().replace(" ", "_")
+        slug = name.lower().replace(" ", "_")
+        key = "auc_" + slug
         out[key] = roc_auc(lg[keep, j], t[keep, j], name=f"{name} AUC") if keep.any() else math.nan
+        if keep.any():
+            prob = 1.0 / (1.0 + np.exp(-lg[keep, j].astype(np.float64)))
+            out["auprc_" + slug] = average_precision(lg[keep, j], t[keep, j], name=f"{name} AUPRC")
+            out["ece_" + slug] = expected_calibration_error(prob, t[keep, j])
+        else:
+            out["auprc_" + slug] = out["ece_" + slug] = math.nan
+        auprcs.append(out["auprc_" + slug])
+        eces.append(out["ece_" + slug])
         if not keep.any():
             warnings.warn(f"{name} AUC: every label is masked in the evaluation set; reported as NaN",
                           MetricWarning, stacklevel=2)
         out[f"n_{name.lower().replace(' ', '_')}"] = int(keep.sum())
         aucs.append(out[key])
     out["auc_mean"] = _nanmean(aucs, "AUC")
+    out["auprc_mean"] = _nanmean(auprcs, "AUPRC")
+    out["ece_mean"] = _nanmean(eces, "ECE")
     out["auc_labels"] = sum(1 for a in aucs if not math.isnan(a))
     out["n"] = int(lg.shape[0])
     return out
