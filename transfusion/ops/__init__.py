@@ -2,7 +2,8 @@
 ``transfusion.ops.reference_cca``).
 
 - (SV)CCA, PWCCA, linear CKA: ``svcca``, ``cca``, ``pwcca``, ``cka`` (in-memory, batched) and
-  ``CCAStatistics`` (streaming sufficient statistics over many layers); ``conv_to_datapoints``.
+  ``CCAStatistics`` (streaming sufficient statistics over many layers); ``conv_to_datapoints``;
+  ``similarity_matrix`` (every layer of one model against every layer of another, one pass).
 - Conv-BN-ReLU: ``CBR2d`` (module), ``conv_bn_relu``, ``bn_relu_train``, ``fold_bn``,
   ``scale_shift_relu``; ``MaxPool2dSavingIndices``, the CBR models' pool (saves no input).
 """
@@ -13,8 +14,10 @@ from transfusion.ops.cca_statistics import CCAStatistics
 from transfusion.ops.datapoints import conv_to_datapoints
 from transfusion.ops.maxpool import MaxPool2dSavingIndices
 from transfusion.ops.similarity import SimilarityResult, cca, cka, pwcca, svcca
+from transfusion.ops.similarity_matrix import SimilarityMatrix, similarity_matrix, similarity_matrix_from
 
 __all__ = [
     "CBR2d", "CCAStatistics", "MaxPool2dSavingIndices", "SimilarityResult", "bn_relu_train", "cca", "cka", "conv_bn_relu",
     "conv_to_datapoints", "fold_bn", "pwcca", "scale_shift_relu", "svcca",
+    "SimilarityMatrix", "similarity_matrix", "similarity_matrix_from",
 ]

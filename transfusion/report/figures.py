@@ -150,6 +150,30 @@ def layer_curves(series: dict[str, tuple[list[str], list[float]]], path, *, titl
     return _save(fig, path)
 
 
+def similarity_heatmap(values, rows: list[str], cols: list[str], path, *, title: str,
+                       row_label: str = "model A", col_label: str = "model B",
+                       value_label: str = "similarity") -> Path:
+    """A cross-layer similarity map (``transfusion.ops.similarity_matrix``): rows x cols in [0, 1],
+    each cell annotated with its value when the map is small enough to read."""
+    plt = _plt()
+    v = np.asarray(values, dtype=float)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * len(cols), 1.0 + 0.5 * len(rows)))
+    im = ax.imshow(v, vmin=0.0, vmax=1.0, cmap="viridis", origin="lower")
+    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    ax.set_xlabel(col_label)
+    ax.set_ylabel(row_label)
+    if v.size <= 100:
+        for i in range(v.shape[0]):
+            for j in range(v.shape[1]):
+                if math.isfinite(v[i, j]):
+                    ax.text(j, i, f"{v[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if v[i, j] < 0.6 else "black")
+    fig.colorbar(im, ax=ax, label=value_label, fraction=0.046)
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
 def filter_grids(panels: dict[str, "np.ndarray"], path, *, title: str, max_filters: int = 32) -> Path:
     """conv1 filters as image grids, one panel per (init, before/after) (Fig. 5).
 
