@@ -10,6 +10,12 @@ training item's augmentation is drawn from a seed given by its position in the d
 (:class:`SeededItems`, so data-loading workers and DDP processes do not change it), and the
 model, optimizer, scheduler and RNG states are restored.
 
+No host sync per step (issue 18): the training loss is summed on the device (:class:`LossWindow`)
+and read, and checked for NaN/Inf, only at train rows (every ``log_every`` steps), evaluations,
+checkpoints and the end; a NaN stops the run with one line naming the steps since the last check,
+before any checkpoint could hold it. Under DDP the processes agree on a stop signal at those same
+points (each agreement is a collective), so a SIGTERM is honoured within ``log_every`` steps.
+
 Run folder ``runs/<run_id>/``: config.json (spec, resolved recipe, schedule in steps, task, data
 description, environment), init_summary.json, metrics.jsonl, metrics.csv,
 checkpoints/{step0.pt (model checkpoint, models-stream format), last.pt (training state, while
@@ -233,6 +239,27 @@ class MetricsLog:
         w.writeheader()
         w.writerows(rows)
         atomic_write_text(self.csv, buf.getvalue())
+
+
+class LossWindow:
+    """The training loss summed on the device since the last train row, so that a step makes no
+    host sync (a ``float(loss)`` per step stalls a GPU's queue). float64 (float32 on devices
+    without it, e.g. mps): the same additions, in the same order, as summing Python floats, so
+    CPU metrics and exact resume are unchanged. ``checked``: the step of the last NaN/Inf check."""
+
+    def __init__(self, device: torch.device, loss_sum: float = 0.0, checked: int = 0) -> None:
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.sum = torch.tensor(float(loss_sum), dtype=dtype, device=device)
+        self.checked = checked
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.sum.add_(loss.detach().to(self.sum.dtype))
+
+    def value(self) -> float:
+        return float(self.sum)  # the host sync
+
+    def reset(self) -> None:
+        self.sum.zero_()
 
 
 # ------------------------------------------------------------------------------------ signals
@@ -539,6 +566,30 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
         bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, desc=spec.run_id)
 
     step, session_steps, stopped_by = start, 0, None
+    window = LossWindow(ctx.device, acc["loss_sum"], start)
+
+    def check_loss(at: int) -> None:
+        """The one host sync of the loss: copy the window's sum into ``acc`` and stop on NaN/Inf
+        (all processes together). Called at train rows, evaluations, checkpoints and the end."""
+        if window.checked == at:
+            return
+        t0 = time.perf_counter()
+        total_loss = window.value()
+        acc["time"] += time.perf_counter() - t0  # on CUDA: the queued work of the window
+        acc["loss_sum"] = total_loss
+        bad = D.any_flag(ctx, not math.isfinite(total_loss))
+        if bad:
+            seen = total_loss if not math.isfinite(total_loss) else "non-finite in another process"
+            raise ConfigError(f"run {spec.run_id}: the loss became {seen} in one of the training "
+                              f"steps {window.checked + 1}..{at} (checked every log_every="
+                              f"{recipe.log_every} steps): lower the learning rate (recipe lr) or "
+                              f"check the data")
+        window.checked = at
+
+    def at_sync_point(s: int) -> bool:
+        return (s % recipe.log_every == 0 or s % recipe.eval_every == 0
+                or s % recipe.checkpoint_every == 0 or s == total)
+
     net.train()
     t_log = time.perf_counter()
     with StopRequest() as stop:
@@ -547,13 +598,10 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
             x, y, m = next(it)
             t0 = time.perf_counter()
             x = _to(x, ctx.device, recipe.channels_last)
-            y, m = y.to(ctx.device), m.to(ctx.device)
+            y, m = _to(y, ctx.device), _to(m, ctx.device)
             with _autocast(recipe, ctx.device):
                 out = net(x)
             loss = loss_fn(task.kind, out.float(), y, m)
-            if not torch.isfinite(loss):
-                raise ConfigError(f"run {spec.run_id}: the loss became {loss.item()} at step {step}: "
-                                  f"lower the learning rate (recipe lr) or check the data")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             lr_used = opt.param_groups[0]["lr"]
@@ -561,30 +609,39 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
             sched.step()
             step += 1
             session_steps += 1
-            acc["loss_sum"] += float(loss.detach())
+            window.add(loss)  # on the device: no host sync per step (issue 18)
             acc["loss_n"] += 1
             acc["images"] += recipe.batch_size
             acc["time"] += time.perf_counter() - t0
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{lr_used:.2e}")
             if step % recipe.log_every == 0 or step == total:
+                check_loss(step)
                 ips = acc["images"] / max(acc["time"], 1e-9)
                 row = {"step": step, "kind": "train", "loss": acc["loss_sum"] / acc["loss_n"],
                        "lr": lr_used, "images_per_s": ips, "epoch": step / spe}
                 mlog.append(row)
-                if main and bar is None:
+                if bar is not None:
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr_used:.2e}")
+                elif main:
                     eta = (total - step) * (time.perf_counter() - t_log) / max(session_steps, 1)
                     log.info("step %d/%d loss %.4f lr %.3g %.1f img/s eta %.0fs", step, total,
                              row["loss"], lr_used, ips, eta)
                 acc = {"loss_sum": 0.0, "loss_n": 0, "images": 0, "time": 0.0}
+                window.reset()
             if step % recipe.eval_every == 0 or step == total:
+                check_loss(step)
                 last_eval = do_eval(step)
-            want_stop = stop.signum is not None or (
-                max_steps_this_session is not None and session_steps >= max_steps_this_session)
-            want_stop = D.any_flag(ctx, want_stop) and step < total
+            session_done = (max_steps_this_session is not None
+                            and session_steps >= max_steps_this_session)
+            want_stop = stop.signum is not None or session_done
+            if ctx.distributed:  # agree on a signal at sync points only (each agreement syncs)
+                want_stop = (D.any_flag(ctx, want_stop)
+                             if session_done or at_sync_point(step) else False)
+            want_stop = want_stop and step < total
             if step % recipe.checkpoint_every == 0 or want_stop:
                 if step < total:
+                    check_loss(step)
                     save_ckpt(step)
             if want_stop:
                 stopped_by = (signal.Signals(stop.signum).name if stop.signum is not None
