@@ -20,7 +20,8 @@ Run folder ``runs/<run_id>/``: config.json (spec, resolved recipe, schedule in s
 description, environment), init_summary.json, metrics.jsonl, metrics.csv,
 checkpoints/{step0.pt (model checkpoint, models-stream format), last.pt (training state, while
 the run is unfinished; kept after the end only with keep_training_state)}, model_final.pt (model
-checkpoint), final.json, and .lock (the writer's pid: one process per run folder).
+checkpoint), final.json, tensorboard/ (event files with metrics.jsonl's numbers, when the
+tensorboard package is installed) and .lock (the writer's pid: one process per run folder).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -202,12 +204,31 @@ class SeededItems(torch.utils.data.Dataset):
 
 # --------------------------------------------------------------------------------- metrics log
 class MetricsLog:
-    """metrics.jsonl (one JSON object per line, appended) and metrics.csv (rewritten from it)."""
+    """metrics.jsonl (one JSON object per line, appended), metrics.csv (rewritten from it) and,
+    when TensorBoard is installed, event files in tensorboard/ with the same numbers (tags
+    ``train/<key>`` and ``eval/<key>``, by step). Main process only (``enabled``)."""
 
     def __init__(self, run_dir: Path, enabled: bool) -> None:
         folder = RunFolder(run_dir)
-        self.jsonl, self.csv = folder.metrics_jsonl, folder.metrics_csv
+        self.jsonl, self.csv, self.tb_dir = folder.metrics_jsonl, folder.metrics_csv, folder.tensorboard
         self.enabled = enabled
+        self.tb = None
+
+    def start(self, resume_step: int | None) -> None:
+        """A fresh start drops what a run that died before its first checkpoint logged; a resume
+        drops what was logged after the checkpoint it resumes from (it will be redone): in
+        metrics.jsonl by rewriting it, in TensorBoard by ``purge_step`` (events at later steps
+        are discarded when read), so no scalar appears twice."""
+        if not self.enabled:
+            return
+        if resume_step is None:
+            if self.jsonl.exists():
+                self.jsonl.unlink()
+            if self.tb_dir.is_dir():
+                shutil.rmtree(self.tb_dir)
+        else:
+            self.truncate_after(resume_step)
+        self.tb = tensorboard_writer(self.tb_dir, None if resume_step is None else resume_step + 1)
 
     def rows(self) -> list[dict]:
         return M.read_metrics(self.jsonl) if self.jsonl.is_file() else []
@@ -226,6 +247,10 @@ class MetricsLog:
         with open(self.jsonl, "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
+        if self.tb is not None:
+            for k, v in row.items():
+                if k not in ("step", "kind") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tb.add_scalar(f"{row['kind']}/{k}", v, row["step"])
 
     def write_csv(self) -> None:
         if not self.enabled:
@@ -239,7 +264,35 @@ class MetricsLog:
         w.writeheader()
         w.writerows(rows)
         atomic_write_text(self.csv, buf.getvalue())
+        if self.tb is not None:
+            self.tb.flush()
 
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+
+
+_TB_SAID = False
+
+
+def tensorboard_writer(log_dir: Path, purge_step: int | None):
+    """torch's SummaryWriter on ``log_dir``, or None: without the tensorboard package (one log
+    line per process says how to get it) or with TRANSFUSION_TENSORBOARD=0."""
+    global _TB_SAID
+    if os.environ.get("TRANSFUSION_TENSORBOARD", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception as e:  # noqa: BLE001 - ImportError, or a broken tensorboard/protobuf pair
+        if not _TB_SAID:
+            _TB_SAID = True
+            why = "" if isinstance(e, ImportError) else f" (importing it failed: {e})"
+            log.info("TensorBoard event files are off%s: `pip install tensorboard` (or "
+                     "transfusion[tensorboard]) to get runs/<id>/tensorboard/ beside metrics.jsonl",
+                     why)
+        return None
+    return SummaryWriter(str(log_dir), purge_step=purge_step)
 
 class LossWindow:
     """The training loss summed on the device since the last train row, so that a step makes no
@@ -405,8 +458,9 @@ def run_training(spec, runs_dir: str | os.PathLike = "runs", *, device: str | No
             if stale:
                 log.info("run %s: removed %d stale temp file(s) left by an interrupted write: %s",
                          spec.run_id, len(stale), [p.name for p in stale[:3]])
-        result = _train(spec, run_dir, ctx, num_workers, max_steps_this_session, progress,
-                        components or default_components())
+        with contextlib.ExitStack() as closing:
+            result = _train(spec, run_dir, ctx, num_workers, max_steps_this_session, progress,
+                            components or default_components(), closing)
         if ctx.is_main and result.get("status") == "finished" and not keep_training_state:
             state = last_checkpoint(run_dir)
             if state is not None:
@@ -418,7 +472,8 @@ def run_training(spec, runs_dir: str | os.PathLike = "runs", *, device: str | No
 
 
 def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
-           max_steps_this_session: int | None, progress: bool | None, comps: Components) -> dict:
+           max_steps_this_session: int | None, progress: bool | None, comps: Components,
+           closing: contextlib.ExitStack) -> dict:
     t_start = time.perf_counter()
     recipe = get_recipe(spec.recipe_name, spec.recipe_overrides())
     if recipe.deterministic:
@@ -489,6 +544,7 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
 
     # ---- resume or start
     mlog = MetricsLog(run_dir, main)
+    closing.callback(mlog.close)
     start, acc = 0, {"loss_sum": 0.0, "loss_n": 0, "images": 0, "time": 0.0}
     ck = last_checkpoint(run_dir)
     if ck is not None:
@@ -504,15 +560,14 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
                         "differ from an uninterrupted run", len(rngs), ctx.world_size)
             set_rng_state(rngs[0])
         start, acc = int(st["step"]), dict(st["extra"]["acc"])
-        mlog.truncate_after(start)
+        mlog.start(resume_step=start)
         log.info("run %s: resuming from step %d of %d (%s)", spec.run_id, start, total, ck)
     else:
         if main:
             atomic_write_json(folder.init_summary, init_summary)
             save_model_checkpoint(folder.step0, model, spec.model,
                                   {"run_id": spec.run_id, "step": 0, "init": spec.init})
-            if mlog.jsonl.exists():
-                mlog.jsonl.unlink()  # metrics of a run that died before its first checkpoint
+        mlog.start(resume_step=None)  # drops what a run that died before its first checkpoint logged
         log.info("run %s: training %s (%s init) on %s for %d steps -> %s", spec.run_id,
                  spec.model, spec.init, spec.dataset, total, run_dir)
 
