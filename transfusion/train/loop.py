@@ -450,6 +450,11 @@ def run_training(spec, runs_dir: str | os.PathLike = "runs", *, device: str | No
     ctx = D.setup(device)
     lock = RunLock(run_dir)
     try:
+        if get_recipe(spec.recipe_name, spec.recipe_overrides()).sync_bn:
+            D.check_sync_batchnorm(ctx)  # one line, before any work, where it cannot run
+            if not ctx.distributed:
+                log.info("sync_bn=true has no effect with one process (its BatchNorm sees the "
+                         "whole batch)")
         if ctx.is_main:
             lock.acquire()
             if final_path.is_file():  # another process finished it while we waited to start
@@ -498,6 +503,8 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
     init_summary = comps.initialize(model, spec.init, model_name=spec.model,
                                     checkpoint=spec.checkpoint, upto=spec.upto, seed=spec.seed)
     model.to(ctx.device)
+    if recipe.sync_bn:
+        model = D.use_sync_batchnorm(ctx, model)
     if recipe.channels_last:
         model.to(memory_format=torch.channels_last)
 
@@ -591,6 +598,7 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
 
     def do_eval(step: int) -> dict:
         t0 = time.perf_counter()
+        D.broadcast_buffers(ctx, model)  # every shard evaluated with the model rank 0 saves
         res = evaluate(_unwrap(net), eval_loader, task, recipe, ctx)
         row = {"step": step, "kind": "eval", **res, "eval_s": round(time.perf_counter() - t0, 3)}
         mlog.append(row)
