@@ -9,6 +9,10 @@ Groups (one comparison each):
     (faster than two on this shared machine: a conservative ratio). Accuracy: |mean - float64 reference| < 1e-6.
   * "gram pass 512+512 n=100k": our Gram pass (compiled op; the same scheme in torch ops) vs
     torch.mm float32 at the same shapes (the machine's matmul rate, measured in this run).
+  * "cuda gram pass 512+512 n=100k" and "cuda svcca 512x512 n=100k": the same comparisons on a GPU
+    (the same data moved to it): our Gram pass vs cuBLAS float32 torch.mm (TF32 off, torch's
+    default), our svcca vs the two torch float32 recipes; synchronised timings; skipped without
+    CUDA (bench/gpu_check.sh runs them on a lent GPU).
   * "streaming n=1M": CCAStatistics over 100 chunks of 10,000 rows, peak memory above the inputs
     measured in a fresh subprocess: VmHWM at the end minus the resident size once the inputs'
     chunk exists (see _STREAM_SCRIPT).
@@ -74,7 +78,8 @@ def classic_numpy_svcca(acts1: np.ndarray, acts2: np.ndarray, keep: float = KEEP
 
 
 def _keep(s: torch.Tensor, keep: float) -> int:
-    return int(torch.searchsorted(torch.cumsum(s**2, 0) / (s**2).sum(), torch.tensor(keep))) + 1
+    share = torch.cumsum(s**2, 0) / (s**2).sum()
+    return int(torch.searchsorted(share, torch.tensor(keep, dtype=share.dtype, device=share.device))) + 1
 
 
 def torch_svd_qr_svcca(x: torch.Tensor, y: torch.Tensor, keep: float = KEEP) -> float:
@@ -230,3 +235,80 @@ def test_streaming_memory(benchmark, precision):
     print(f"\n[streaming] {json.dumps(info)}")
     assert info["n"] == 1_000_000
     assert info["peak_above_inputs_MiB"] < 64
+
+
+# ---- GPU (skipped without CUDA; bench/gpu_check.sh runs them) ------------------------------------
+GPC = "cuda gram pass 512+512 n=100k"
+SVC = "cuda svcca 512x512 n=100k"
+
+
+@pytest.fixture(scope="module")
+def cuda_data(data):
+    return tuple(t.cuda() for t in data)
+
+
+def _synced(fn, *args, **kwargs):
+    """``fn``'s result once the GPU has finished it (what a timing of GPU work needs)."""
+    out = fn(*args, **kwargs)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return out
+
+
+@pytest.mark.cuda
+@pytest.mark.benchmark(group=GPC)
+def test_cuda_gram_cublas_mm_rate(benchmark, cuda_data):
+    x, y = cuda_data
+    benchmark.pedantic(_synced, args=(torch.mm, x.T, y), rounds=20, iterations=1, warmup_rounds=2)
+    _store(benchmark, "cuda_mm")
+
+
+@pytest.mark.cuda
+@pytest.mark.benchmark(group=GPC)
+def test_cuda_gram_pass_ours(benchmark, cuda_data):
+    x, y = cuda_data
+    shift = G.first_chunk_shift([x, y])
+    use_kernel = G._op_available(x.device)
+    benchmark.pedantic(_synced, args=(G.gram_pass, [x, y], shift), kwargs={"use_kernel": use_kernel},
+                       rounds=10, iterations=1, warmup_rounds=2)
+    _store(benchmark, "cuda_gram")
+    mm_gflops = 2 * N * A * B / _T["cuda_mm"] / 1e9 if "cuda_mm" in _T else float("nan")
+    useful = 2 * N * (A * A + B * B + A * B)
+    info = {"compiled_op": use_kernel, "cublas_mm_gflops": mm_gflops,
+            "gram_gflops_3_blocks": useful / _T["cuda_gram"] / 1e9}
+    info["fraction_of_cublas_rate"] = info["gram_gflops_3_blocks"] / mm_gflops
+    benchmark.extra_info.update(info)
+    print(f"\n[{GPC}] " + json.dumps(info))
+
+
+@pytest.mark.cuda
+@pytest.mark.benchmark(group=SVC)
+def test_cuda_svcca_torch_svd_qr_float32(benchmark, cuda_data):
+    v = benchmark.pedantic(_synced, args=(torch_svd_qr_svcca, *cuda_data), rounds=3, iterations=1,
+                           warmup_rounds=1)
+    _store(benchmark, "cuda_torch_svd_qr", v)
+
+
+@pytest.mark.cuda
+@pytest.mark.benchmark(group=SVC)
+def test_cuda_svcca_torch_qr_first_float32(benchmark, cuda_data):
+    v = benchmark.pedantic(_synced, args=(torch_qr_first_svcca, *cuda_data), rounds=3, iterations=1,
+                           warmup_rounds=1)
+    _store(benchmark, "cuda_torch_qr_first", v)
+
+
+@pytest.mark.cuda
+@pytest.mark.benchmark(group=SVC)
+def test_cuda_svcca_ours(benchmark, cuda_data, reference):
+    res = benchmark.pedantic(_synced, args=(svcca, *cuda_data), kwargs={"keep": KEEP}, rounds=5,
+                             iterations=1, warmup_rounds=1)
+    _store(benchmark, "cuda_ours", res.mean)
+    err = abs(res.mean - reference)
+    info = {"abs_err_vs_float64_reference": err, "kept": res.kept, "dtype": res.dtype}
+    for k in ("cuda_torch_svd_qr", "cuda_torch_qr_first"):
+        if k in _T:
+            info[f"speedup_vs_{k[5:]}"] = _T[k] / _T["cuda_ours"]
+            info[f"{k[5:]}_abs_err"] = abs(_VALUES[k] - reference)
+    benchmark.extra_info.update(info)
+    print(f"\n[{SVC}] ours {res!r}\n  reference {reference:.10f}  " + json.dumps(info, default=str))
+    assert err < 1e-6

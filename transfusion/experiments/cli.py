@@ -24,7 +24,7 @@ PRESET_HELP = ("micro: seconds per experiment (tests); demo: synthetic data on a
 
 def _run(name: str, *, preset, dataset, data_dir, data_format, models, seeds, steps, image_size,
          batch_size, pretrained, out, runs, executor, threshold, small_data=None, upto=None,
-         cache=None, device=None, threads=None) -> None:
+         cache=None, device=None, threads=None, executor_param=None) -> None:
     from transfusion.experiments import config as C
     from transfusion.experiments.engine import run_experiment
 
@@ -34,6 +34,7 @@ def _run(name: str, *, preset, dataset, data_dir, data_format, models, seeds, st
     check_options(image_size=image_size, batch_size=batch_size, steps=steps, threads=threads,
                   device=device, small_data=small_data)
     seed_list = parse_seeds(seeds)
+    executor_params = C.parse_executor_params(executor_param)
     check_writable_dir("--out", out)
     check_writable_dir("--runs", runs)
     names = EXPERIMENT_NAMES if name == "all" else (name,)
@@ -44,7 +45,8 @@ def _run(name: str, *, preset, dataset, data_dir, data_format, models, seeds, st
             n, preset=preset, dataset=dataset, data_dir=data_dir, data_format=data_format,
             models=C.parse_list(models), seeds=seed_list, steps=steps,
             image_size=image_size, batch_size=batch_size, pretrained=C.parse_pretrained(pretrained),
-            out=out, runs=runs, executor=executor, threshold=threshold,
+            out=out, runs=runs, executor=executor, executor_params=executor_params,
+            threshold=threshold,
             small_data=small_data, upto=upto, cache=cache, device=device, threads=threads)
         t0 = time.perf_counter()
         typer.echo(f"== transfusion run {n} (preset {cfg.preset}, {cfg.dataset}, "
@@ -80,6 +82,12 @@ def _make_command(name: str, doc: str, *, small_data: bool = False, upto: bool =
         out: str = typer.Option("results", help="Results folder (results/<experiment>/)."),
         runs: str = typer.Option("runs", help="Run folders (runs/<run_id>/), shared by all experiments."),
         executor: str = typer.Option("local", help="local (resumable, skips finished runs) or submitit (Slurm)."),
+        executor_param: Optional[List[str]] = typer.Option(
+            None, "--executor-param",
+            help="KEY=VALUE for --executor submitit, repeatable: submitit's update_parameters "
+                 "(timeout_min=600, cpus_per_task=8, gpus_per_node=1, mem_gb=32, "
+                 "partition=gpu, array_parallelism=4: at most 4 jobs of the array at once, ...), "
+                 "cluster=slurm|local|debug, folder=PATH. Recorded in plan.json with the job ids."),
         threshold: Optional[float] = typer.Option(None, help="AUC level for steps-to-threshold "
                                                   "(default: the preset's; paper 0.91)."),
         cache: Optional[str] = typer.Option(None, help="Where synthetic data is cached (default: beside runs/)."),
@@ -95,7 +103,8 @@ def _make_command(name: str, doc: str, *, small_data: bool = False, upto: bool =
         _run(name, preset=preset, dataset=dataset, data_dir=data_dir, data_format=data_format,
              models=models, seeds=seeds, steps=steps, image_size=image_size, batch_size=batch_size,
              pretrained=pretrained, out=out, runs=runs, executor=executor, threshold=threshold,
-             small_data=small_data_opt, upto=upto_opt, cache=cache, device=device, threads=threads)
+             small_data=small_data_opt, upto=upto_opt, cache=cache, device=device, threads=threads,
+             executor_param=executor_param)
 
     command.__doc__ = doc
     return command

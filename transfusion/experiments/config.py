@@ -126,6 +126,7 @@ class ExperimentConfig:
     out: str = "results"
     runs: str = "runs"
     executor: str = "local"
+    executor_params: dict = field(default_factory=dict)  # --executor-param, checked by submitit
     threshold: float = 0.75
     threshold_note: str = ""
     small_data: int | None = None
@@ -189,6 +190,32 @@ def parse_pretrained(values: list[str] | None) -> dict[str, str]:
     return out
 
 
+def parse_value(text: str):
+    """A command-line value typed: true/false -> bool, then int, then float, else the string."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_executor_params(values: list[str] | None) -> dict:
+    """``["timeout_min=10", "slurm_partition=gpu"]`` -> ``{"timeout_min": 10, ...}`` (typed)."""
+    out: dict = {}
+    for v in values or []:
+        key, sep, value = v.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier() or not value.strip():
+            raise ConfigError(f"--executor-param {v!r}: expected KEY=VALUE, e.g. "
+                              f"--executor-param timeout_min=600 or --executor-param partition=gpu")
+        out[key] = parse_value(value.strip())
+    return out
+
+
 def normalise_model_name(name: str) -> str:
     """The model registry's name ("CBR-Small" -> "cbr_small"); ConfigError if unknown."""
     from transfusion.models import canonical_model_name
@@ -212,7 +239,7 @@ def make_config(experiment: str, *, preset: str = "demo", dataset: str = "retina
                 steps: int | None = None, image_size: int | None = None,
                 batch_size: int | None = None, pretrained: dict | None = None,
                 out: str = "results", runs: str = "runs", executor: str = "local",
-                threshold: float | None = None, small_data: int | None = None,
+                executor_params: dict | None = None, threshold: float | None = None, small_data: int | None = None,
                 upto: str | None = None, cache: str | None = None,
                 device: str | None = None, threads: int | None = None) -> ExperimentConfig:
     """A config from a preset plus explicit overrides, validated with messages that say what to do."""
@@ -222,6 +249,13 @@ def make_config(experiment: str, *, preset: str = "demo", dataset: str = "retina
         raise ConfigError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    if executor_params and executor != "submitit":
+        raise ConfigError(f"--executor-param is for --executor submitit (got --executor {executor}); "
+                          f"add --executor submitit or drop the --executor-param options")
+    if executor == "submitit":
+        from transfusion.experiments.runs import submitit_parameters
+
+        executor_params = submitit_parameters(dict(executor_params or {}))
     p = PRESETS[preset]
     if experiment in p.per_experiment:
         p = dataclasses.replace(p, **p.per_experiment[experiment])
@@ -251,7 +285,7 @@ def make_config(experiment: str, *, preset: str = "demo", dataset: str = "retina
         steps=n_steps, eval_every=eval_every,
         image_size=image_size or p.image_size[dataset], batch_size=batch_size or p.batch_size,
         pretrained=dict(pretrained or {}), out=str(Path(out).resolve()), runs=str(Path(runs).resolve()),
-        executor=executor,
+        executor=executor, executor_params=dict(executor_params or {}),
         threshold=threshold if threshold is not None else p.threshold,
         threshold_note=p.threshold_note if threshold is None else f"set on the command line: {threshold}",
         small_data=small_data, upto=upto, synthetic_images=p.synthetic_images,

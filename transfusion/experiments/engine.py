@@ -73,18 +73,24 @@ class RunsInterrupted(ConfigError):
     """A run stopped before its end (Ctrl-C, SIGTERM): rerun the same command to resume it."""
 
 
-def execute(cfg: ExperimentConfig, specs: list) -> None:
+def execute(cfg: ExperimentConfig, specs: list, jobs: "JobLog | None" = None) -> None:
     """Run the specs with the chosen executor; finished runs are skipped, interrupted ones resumed.
 
     Locally the specs go one at a time, so that an interrupted run stops the whole plan (instead
-    of the executor moving on to the next run) and the rerun continues exactly there.
+    of the executor moving on to the next run) and the rerun continues exactly there. With
+    submitit they go as one job array, with ``cfg.executor_params``; ``jobs`` records the ids.
     """
     from transfusion.experiments.runs import make_executor
 
     unique = list({s.run_id: s for s in specs}.values())
     if not unique:
         return
-    kwargs = {"device": cfg.device} if cfg.executor == "local" and cfg.device else {}
+    if cfg.executor == "submitit":
+        kwargs = {"threads": cfg.threads, **cfg.executor_params}
+        if jobs is not None:
+            kwargs["on_submit"] = jobs.add
+    else:
+        kwargs = {"device": cfg.device} if cfg.device else {}
     ex = make_executor(cfg.executor, runs_dir=cfg.runs_dir, **kwargs)
     batches = [[s] for s in unique] if cfg.executor == "local" else [unique]
     from transfusion.experiments.runs import Progress
@@ -101,12 +107,44 @@ def execute(cfg: ExperimentConfig, specs: list) -> None:
         results = ex.run(batch, cfg.runs_dir)
         if progress and batch[0] in todo:
             progress.finished(batch[0].run_id)
+        if jobs is not None and cfg.executor == "submitit":
+            jobs.cluster = ex.cluster
         stopped = [r for r in results if r.get("status") != "finished"]
         if stopped:
             raise RunsInterrupted(
                 f"run {stopped[0].get('run_id')} did not finish ({stopped[0].get('status')}: "
                 f"{stopped[0].get('message', '')}); rerun the same command: finished runs are "
                 f"skipped and this one resumes from its last checkpoint")
+
+
+class JobLog:
+    """plan.json's ``executor`` entry: the executor, the parameters it was given (defaults
+    included) and every submitted job's id with its run, saved again as soon as jobs are
+    submitted (before waiting for them) once plan.json exists."""
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        self.name, self.parameters, self.cluster, self.folder = cfg.executor, {}, None, None
+        if cfg.executor == "submitit":
+            from transfusion.experiments.runs import SUBMITIT_OWN_KEYS, SubmititExecutor
+
+            p = cfg.executor_params
+            self.parameters = {**SubmititExecutor.DEFAULTS,
+                               **{k: v for k, v in p.items() if k not in SUBMITIT_OWN_KEYS}}
+            self.cluster = p.get("cluster")  # None until submitit has chosen one
+            self.folder = str(p.get("folder") or cfg.runs_dir / "_submitit")
+        self.jobs: list[dict] = []
+        self.save = None  # set once plan.json is written
+
+    def add(self, submitted: list[dict]) -> None:
+        self.jobs += submitted
+        if self.save is not None:
+            self.save()
+
+    def to_dict(self) -> dict:
+        d = {"name": self.name, "parameters": self.parameters, "jobs": self.jobs}
+        if self.name == "submitit":
+            d.update(cluster=self.cluster, folder=self.folder)
+        return d
 
 
 # ------------------------------------------------------------------------ pretrained weights
@@ -123,7 +161,8 @@ def pretrain_spec(cfg: ExperimentConfig, model: str):
                          batch_size=cfg.batch_size)
 
 
-def resolve_pretrained(cfg: ExperimentConfig, models: list[str]) -> dict[str, dict]:
+def resolve_pretrained(cfg: ExperimentConfig, models: list[str], jobs: JobLog | None = None
+                       ) -> dict[str, dict]:
     """{model: {'path': checkpoint, 'source': description}}; pretrains on the fly where needed."""
     out, todo = {}, []
     for m in models:
@@ -137,7 +176,7 @@ def resolve_pretrained(cfg: ExperimentConfig, models: list[str]) -> dict[str, di
                     "source (%d steps, made once and cached under %s). 'transfer' then means transfer "
                     "from synthetic natural images, NOT ImageNet.", ", ".join(todo),
                     cfg.pretrain_steps, cfg.runs_dir)
-        execute(cfg, list(specs.values()))
+        execute(cfg, list(specs.values()), jobs)
         for m, spec in specs.items():
             out[m] = {"path": str(final_checkpoint(cfg.runs_dir / spec.run_id)),
                       "source": (f"pretrained ON THE FLY on the SYNTHETIC natural-image source "
@@ -226,15 +265,25 @@ def run_experiment(cfg: ExperimentConfig) -> Path:
 
         torch.set_num_threads(cfg.threads)
     data = data_source(cfg)
-    pretrained = resolve_pretrained(cfg, needed_pretrained(cfg, module))
+    jobs = JobLog(cfg)
+    pretrained = resolve_pretrained(cfg, needed_pretrained(cfg, module), jobs)
     planned = plan_experiment(cfg, module, data, pretrained)
     out_dir = cfg.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_plan(out_dir, cfg, planned, pretrained={m: p["source"] for m, p in pretrained.items()},
-               extra={"data": data})
+
+    def save_plan() -> None:
+        write_plan(out_dir, cfg, planned, pretrained={m: p["source"] for m, p in pretrained.items()},
+                   extra={"data": data, "executor": jobs.to_dict()})
+
+    save_plan()
+    jobs.save = save_plan
     log.info("%s: %d runs (%d distinct) -> %s", cfg.experiment, len(planned),
              len({p.run_id for p in planned}), cfg.runs_dir)
-    execute(cfg, [p.spec for p in planned])
+    try:
+        execute(cfg, [p.spec for p in planned], jobs)
+    finally:
+        if cfg.executor == "submitit":
+            save_plan()  # the cluster submitit chose
     if hasattr(module, "analyse"):
         module.analyse(cfg, planned, cfg.runs_dir, Context(cfg, data, cfg.device or "cpu"))
     return module.report(read_plan(out_dir), cfg.runs_dir, out_dir)

@@ -101,35 +101,129 @@ def _final_or_status(spec: RunSpec, runs_dir: Path) -> dict:
     return {"run_id": spec.run_id, "status": "unfinished"}
 
 
+def _import_submitit():
+    try:
+        import submitit
+    except ImportError:
+        raise ConfigError("the submitit executor needs the submitit package: "
+                          "`pip install submitit` (or `pip install transfusion[cluster]`), "
+                          "or use the local executor") from None
+    return submitit
+
+
+#: keys of --executor-param that are ours (AutoExecutor's constructor), not update_parameters'
+SUBMITIT_OWN_KEYS = ("cluster", "folder")
+
+
+def submitit_parameters(params: dict) -> dict:
+    """``--executor-param`` values checked against submitit and put in the form it takes:
+    AutoExecutor's shared parameters (timeout_min, mem_gb, cpus_per_task, gpus_per_node, nodes,
+    tasks_per_node, name, stderr_to_stdout) with their types, ``<cluster>_<name>`` ones
+    (slurm_partition, local_setup, ...), a Slurm parameter without its prefix (``partition``,
+    ``array_parallelism`` -> ``slurm_array_parallelism``: how many jobs of the array run at
+    once), ``cluster`` (slurm, local or debug; default: what submitit detects) and ``folder``
+    (submitit's logs and pickles; default runs/_submitit). Anything else: one-line ConfigError."""
+    submitit = _import_submitit()
+    from submitit.core import plugins
+
+    executors = plugins.get_executors()
+    shared = submitit.AutoExecutor._typed_parameters()
+    slurm = executors["slurm"]._valid_parameters() if "slurm" in executors else set()
+    out: dict = {}
+    for key, value in params.items():
+        if key == "cluster":
+            if value not in executors:
+                raise ConfigError(f"--executor-param cluster={value}: submitit knows the clusters "
+                                  f"{', '.join(executors)}")
+            out[key] = value
+        elif key == "folder":
+            out[key] = str(value)
+        elif key in shared:
+            kind = shared[key]
+            ok = {int: isinstance(value, int) and not isinstance(value, bool),
+                  float: isinstance(value, (int, float)) and not isinstance(value, bool),
+                  bool: isinstance(value, bool), str: True}[kind]
+            if not ok:
+                raise ConfigError(f"--executor-param {key}={value}: submitit wants {key} to be "
+                                  f"{'a whole number' if kind is int else kind.__name__}")
+            out[key] = str(value) if kind is str else value
+        elif key.split("_", 1)[0] in executors and "_" in key:
+            ex, arg = key.split("_", 1)
+            if arg not in executors[ex]._valid_parameters() and arg not in shared:
+                raise ConfigError(f"--executor-param {key}: submitit's {ex} executor has no "
+                                  f"parameter {arg!r}; see its documentation for the list")
+            out[key] = value
+        elif key in slurm:
+            out[f"slurm_{key}"] = value
+        else:
+            raise ConfigError(f"--executor-param {key}: not a submitit parameter; use a shared one "
+                              f"({', '.join(sorted(shared))}), a Slurm one (partition, qos, "
+                              f"account, constraint, array_parallelism, ...), cluster or folder")
+    return out
+
+
 class SubmititExecutor:
-    """Run each spec as a Slurm job through submitit (``pip install submitit``); waits for them.
+    """Run each spec as a cluster job through submitit (``pip install submitit``); waits for them.
 
     ``parameters`` go to ``AutoExecutor.update_parameters`` (e.g. timeout_min=600,
-    slurm_partition="gpu", gpus_per_node=1, cpus_per_task=8).
+    slurm_partition="gpu", gpus_per_node=1, cpus_per_task=8, slurm_array_parallelism=4); the
+    specs of one ``run`` call are one job array. ``cluster``: slurm, local (subprocesses on this
+    machine, what the tests use) or debug (in this process); default: what submitit detects.
+    ``folder`` (submitit's logs and pickles): default ``<runs_dir>/_submitit``. ``threads``:
+    torch CPU threads in each job. ``on_submit(jobs)`` is called with
+    ``[{"run_id", "job_id"}, ...]`` once a batch is submitted, before waiting for it.
     """
 
-    def __init__(self, folder: str | os.PathLike = "runs/_submitit",
-                 runs_dir: str | os.PathLike = "runs", num_workers: int = 4, **parameters) -> None:
-        self.folder, self.runs_dir, self.num_workers = Path(folder), Path(runs_dir), num_workers
-        self.parameters = {"timeout_min": 24 * 60, "gpus_per_node": 1, **parameters}
+    DEFAULTS = {"timeout_min": 24 * 60, "gpus_per_node": 1}
+
+    def __init__(self, folder: str | os.PathLike | None = None,
+                 runs_dir: str | os.PathLike = "runs", num_workers: int = 4,
+                 cluster: str | None = None, threads: int | None = None,
+                 on_submit=None, **parameters) -> None:
+        self.runs_dir, self.num_workers = Path(runs_dir), num_workers
+        self.folder = Path(folder) if folder is not None else None
+        self.cluster, self.threads, self.on_submit = cluster, threads, on_submit
+        self.parameters = {**self.DEFAULTS, **parameters}
+        self.jobs: list[dict] = []
 
     def run(self, specs: list[RunSpec], runs_dir: str | os.PathLike | None = None) -> list[dict]:
-        try:
-            import submitit
-        except ImportError:
-            raise ConfigError("the submitit executor needs the submitit package: "
-                              "`pip install submitit` (or `pip install transfusion[cluster]`), "
-                              "or use the local executor") from None
+        submitit = _import_submitit()
         runs_dir = Path(runs_dir) if runs_dir is not None else self.runs_dir
-        ex = submitit.AutoExecutor(folder=str(self.folder))
-        ex.update_parameters(**self.parameters)
+        folder = self.folder if self.folder is not None else runs_dir / "_submitit"
+        try:
+            ex = submitit.AutoExecutor(folder=str(folder), cluster=self.cluster)
+            ex.update_parameters(**self.parameters)
+        except (NameError, AssertionError, ValueError, RuntimeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"submitit refused the executor parameters {self.parameters}: "
+                              f"{first}") from None
+        self.cluster = ex.cluster
         todo = [s for s in specs if not is_finished(s, runs_dir)]
-        jobs = [ex.submit(_run_one, s.to_dict(), str(runs_dir.resolve()), None, self.num_workers,
-                          None) for s in todo]
+        if not todo:
+            return [_final_or_status(s, runs_dir) for s in specs]
+        with ex.batch():  # one job array (slurm_array_parallelism applies to it)
+            jobs = [ex.submit(_run_one, s.to_dict(), str(runs_dir.resolve()), None,
+                              self.num_workers, self.threads) for s in todo]
+        submitted = [{"run_id": s.run_id, "job_id": str(j.job_id)} for s, j in zip(todo, jobs)]
+        self.jobs += submitted
+        for rec in submitted:
+            log.info("submitted %s as %s job %s (logs in %s)", rec["run_id"], ex.cluster,
+                     rec["job_id"], folder)
+        if self.on_submit is not None:
+            self.on_submit(submitted)
+        failed = []
         for s, j in zip(todo, jobs):
-            log.info("submitted %s as job %s", s.run_id, j.job_id)
-        for j in jobs:
-            j.result()
+            try:
+                j.result()
+            except Exception as e:  # noqa: BLE001 - a job's failure, reported in one line below
+                lines = [x for x in str(e).splitlines() if x.strip()]
+                failed.append((s.run_id, j, lines[-1].strip() if lines else type(e).__name__))
+        if failed:
+            run_id, j, why = failed[0]
+            raise ConfigError(f"{len(failed)} of {len(todo)} submitit job(s) failed; the first, "
+                              f"job {j.job_id} (run {run_id}): {why}; its log: "
+                              f"{j.paths.stderr}. Rerun the same command to retry: finished runs "
+                              f"are skipped")
         return [_final_or_status(s, runs_dir) for s in specs]
 
 

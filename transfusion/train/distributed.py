@@ -101,3 +101,39 @@ def any_flag(ctx: DistContext, flag: bool) -> bool:
 def barrier(ctx: DistContext) -> None:
     if ctx.distributed:
         dist.barrier()
+
+
+def broadcast_buffers(ctx: DistContext, module: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) to every rank, as DDP does before each
+    training forward. Before an evaluation, so that every rank's shard is evaluated with the
+    model that rank 0 saves (after a training step each rank holds the running statistics of its
+    own share of the batch)."""
+    if not ctx.distributed:
+        return
+    for b in module.buffers():
+        dist.broadcast(b.data, src=0)
+
+
+def use_sync_batchnorm(ctx: DistContext, model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with every BatchNorm as SyncBatchNorm (statistics over the whole global batch).
+
+    Only under DDP on CUDA: torch's SyncBatchNorm refuses CPU tensors, so a CPU (gloo) run stops
+    with one line instead of failing at its first step. Fused conv-BN-ReLU blocks (they call the
+    BatchNorm's parameters directly) switch to their eager path so the SyncBatchNorm runs.
+    One process: nothing to synchronise, the model is returned as it is."""
+    if not ctx.distributed:
+        return model
+    check_sync_batchnorm(ctx)
+    for m in model.modules():
+        if getattr(m, "fused", None) is True and isinstance(getattr(m, "bn", None),
+                                                           torch.nn.modules.batchnorm._BatchNorm):
+            m.fused = False
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def check_sync_batchnorm(ctx: DistContext) -> None:
+    """One line, before any work, where SyncBatchNorm cannot run (DDP on CPU / gloo)."""
+    if ctx.distributed and ctx.device.type != "cuda":
+        raise ConfigError(f"sync_bn=true needs CUDA devices (NCCL): torch's SyncBatchNorm does not "
+                          f"run on {ctx.device.type} with gloo; drop --set sync_bn=true (each process "
+                          f"then normalises with its own share of the batch) or train on GPUs")

@@ -10,11 +10,18 @@ training item's augmentation is drawn from a seed given by its position in the d
 (:class:`SeededItems`, so data-loading workers and DDP processes do not change it), and the
 model, optimizer, scheduler and RNG states are restored.
 
+No host sync per step (issue 18): the training loss is summed on the device (:class:`LossWindow`)
+and read, and checked for NaN/Inf, only at train rows (every ``log_every`` steps), evaluations,
+checkpoints and the end; a NaN stops the run with one line naming the steps since the last check,
+before any checkpoint could hold it. Under DDP the processes agree on a stop signal at those same
+points (each agreement is a collective), so a SIGTERM is honoured within ``log_every`` steps.
+
 Run folder ``runs/<run_id>/``: config.json (spec, resolved recipe, schedule in steps, task, data
 description, environment), init_summary.json, metrics.jsonl, metrics.csv,
 checkpoints/{step0.pt (model checkpoint, models-stream format), last.pt (training state, while
 the run is unfinished; kept after the end only with keep_training_state)}, model_final.pt (model
-checkpoint), final.json, and .lock (the writer's pid: one process per run folder).
+checkpoint), final.json, tensorboard/ (event files with metrics.jsonl's numbers, when the
+tensorboard package is installed) and .lock (the writer's pid: one process per run folder).
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -196,12 +204,31 @@ class SeededItems(torch.utils.data.Dataset):
 
 # --------------------------------------------------------------------------------- metrics log
 class MetricsLog:
-    """metrics.jsonl (one JSON object per line, appended) and metrics.csv (rewritten from it)."""
+    """metrics.jsonl (one JSON object per line, appended), metrics.csv (rewritten from it) and,
+    when TensorBoard is installed, event files in tensorboard/ with the same numbers (tags
+    ``train/<key>`` and ``eval/<key>``, by step). Main process only (``enabled``)."""
 
     def __init__(self, run_dir: Path, enabled: bool) -> None:
         folder = RunFolder(run_dir)
-        self.jsonl, self.csv = folder.metrics_jsonl, folder.metrics_csv
+        self.jsonl, self.csv, self.tb_dir = folder.metrics_jsonl, folder.metrics_csv, folder.tensorboard
         self.enabled = enabled
+        self.tb = None
+
+    def start(self, resume_step: int | None) -> None:
+        """A fresh start drops what a run that died before its first checkpoint logged; a resume
+        drops what was logged after the checkpoint it resumes from (it will be redone): in
+        metrics.jsonl by rewriting it, in TensorBoard by ``purge_step`` (events at later steps
+        are discarded when read), so no scalar appears twice."""
+        if not self.enabled:
+            return
+        if resume_step is None:
+            if self.jsonl.exists():
+                self.jsonl.unlink()
+            if self.tb_dir.is_dir():
+                shutil.rmtree(self.tb_dir)
+        else:
+            self.truncate_after(resume_step)
+        self.tb = tensorboard_writer(self.tb_dir, None if resume_step is None else resume_step + 1)
 
     def rows(self) -> list[dict]:
         return M.read_metrics(self.jsonl) if self.jsonl.is_file() else []
@@ -220,6 +247,10 @@ class MetricsLog:
         with open(self.jsonl, "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
+        if self.tb is not None:
+            for k, v in row.items():
+                if k not in ("step", "kind") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tb.add_scalar(f"{row['kind']}/{k}", v, row["step"])
 
     def write_csv(self) -> None:
         if not self.enabled:
@@ -233,6 +264,55 @@ class MetricsLog:
         w.writeheader()
         w.writerows(rows)
         atomic_write_text(self.csv, buf.getvalue())
+        if self.tb is not None:
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+
+
+_TB_SAID = False
+
+
+def tensorboard_writer(log_dir: Path, purge_step: int | None):
+    """torch's SummaryWriter on ``log_dir``, or None: without the tensorboard package (one log
+    line per process says how to get it) or with TRANSFUSION_TENSORBOARD=0."""
+    global _TB_SAID
+    if os.environ.get("TRANSFUSION_TENSORBOARD", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception as e:  # noqa: BLE001 - ImportError, or a broken tensorboard/protobuf pair
+        if not _TB_SAID:
+            _TB_SAID = True
+            why = "" if isinstance(e, ImportError) else f" (importing it failed: {e})"
+            log.info("TensorBoard event files are off%s: `pip install tensorboard` (or "
+                     "transfusion[tensorboard]) to get runs/<id>/tensorboard/ beside metrics.jsonl",
+                     why)
+        return None
+    return SummaryWriter(str(log_dir), purge_step=purge_step)
+
+class LossWindow:
+    """The training loss summed on the device since the last train row, so that a step makes no
+    host sync (a ``float(loss)`` per step stalls a GPU's queue). float64 (float32 on devices
+    without it, e.g. mps): the same additions, in the same order, as summing Python floats, so
+    CPU metrics and exact resume are unchanged. ``checked``: the step of the last NaN/Inf check."""
+
+    def __init__(self, device: torch.device, loss_sum: float = 0.0, checked: int = 0) -> None:
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.sum = torch.tensor(float(loss_sum), dtype=dtype, device=device)
+        self.checked = checked
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.sum.add_(loss.detach().to(self.sum.dtype))
+
+    def value(self) -> float:
+        return float(self.sum)  # the host sync
+
+    def reset(self) -> None:
+        self.sum.zero_()
 
 
 # ------------------------------------------------------------------------------------ signals
@@ -370,6 +450,11 @@ def run_training(spec, runs_dir: str | os.PathLike = "runs", *, device: str | No
     ctx = D.setup(device)
     lock = RunLock(run_dir)
     try:
+        if get_recipe(spec.recipe_name, spec.recipe_overrides()).sync_bn:
+            D.check_sync_batchnorm(ctx)  # one line, before any work, where it cannot run
+            if not ctx.distributed:
+                log.info("sync_bn=true has no effect with one process (its BatchNorm sees the "
+                         "whole batch)")
         if ctx.is_main:
             lock.acquire()
             if final_path.is_file():  # another process finished it while we waited to start
@@ -378,8 +463,9 @@ def run_training(spec, runs_dir: str | os.PathLike = "runs", *, device: str | No
             if stale:
                 log.info("run %s: removed %d stale temp file(s) left by an interrupted write: %s",
                          spec.run_id, len(stale), [p.name for p in stale[:3]])
-        result = _train(spec, run_dir, ctx, num_workers, max_steps_this_session, progress,
-                        components or default_components())
+        with contextlib.ExitStack() as closing:
+            result = _train(spec, run_dir, ctx, num_workers, max_steps_this_session, progress,
+                            components or default_components(), closing)
         if ctx.is_main and result.get("status") == "finished" and not keep_training_state:
             state = last_checkpoint(run_dir)
             if state is not None:
@@ -391,7 +477,8 @@ def run_training(spec, runs_dir: str | os.PathLike = "runs", *, device: str | No
 
 
 def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
-           max_steps_this_session: int | None, progress: bool | None, comps: Components) -> dict:
+           max_steps_this_session: int | None, progress: bool | None, comps: Components,
+           closing: contextlib.ExitStack) -> dict:
     t_start = time.perf_counter()
     recipe = get_recipe(spec.recipe_name, spec.recipe_overrides())
     if recipe.deterministic:
@@ -416,6 +503,8 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
     init_summary = comps.initialize(model, spec.init, model_name=spec.model,
                                     checkpoint=spec.checkpoint, upto=spec.upto, seed=spec.seed)
     model.to(ctx.device)
+    if recipe.sync_bn:
+        model = D.use_sync_batchnorm(ctx, model)
     if recipe.channels_last:
         model.to(memory_format=torch.channels_last)
 
@@ -462,6 +551,7 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
 
     # ---- resume or start
     mlog = MetricsLog(run_dir, main)
+    closing.callback(mlog.close)
     start, acc = 0, {"loss_sum": 0.0, "loss_n": 0, "images": 0, "time": 0.0}
     ck = last_checkpoint(run_dir)
     if ck is not None:
@@ -477,15 +567,14 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
                         "differ from an uninterrupted run", len(rngs), ctx.world_size)
             set_rng_state(rngs[0])
         start, acc = int(st["step"]), dict(st["extra"]["acc"])
-        mlog.truncate_after(start)
+        mlog.start(resume_step=start)
         log.info("run %s: resuming from step %d of %d (%s)", spec.run_id, start, total, ck)
     else:
         if main:
             atomic_write_json(folder.init_summary, init_summary)
             save_model_checkpoint(folder.step0, model, spec.model,
                                   {"run_id": spec.run_id, "step": 0, "init": spec.init})
-            if mlog.jsonl.exists():
-                mlog.jsonl.unlink()  # metrics of a run that died before its first checkpoint
+        mlog.start(resume_step=None)  # drops what a run that died before its first checkpoint logged
         log.info("run %s: training %s (%s init) on %s for %d steps -> %s", spec.run_id,
                  spec.model, spec.init, spec.dataset, total, run_dir)
 
@@ -509,6 +598,7 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
 
     def do_eval(step: int) -> dict:
         t0 = time.perf_counter()
+        D.broadcast_buffers(ctx, model)  # every shard evaluated with the model rank 0 saves
         res = evaluate(_unwrap(net), eval_loader, task, recipe, ctx)
         row = {"step": step, "kind": "eval", **res, "eval_s": round(time.perf_counter() - t0, 3)}
         mlog.append(row)
@@ -539,6 +629,30 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
         bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, desc=spec.run_id)
 
     step, session_steps, stopped_by = start, 0, None
+    window = LossWindow(ctx.device, acc["loss_sum"], start)
+
+    def check_loss(at: int) -> None:
+        """The one host sync of the loss: copy the window's sum into ``acc`` and stop on NaN/Inf
+        (all processes together). Called at train rows, evaluations, checkpoints and the end."""
+        if window.checked == at:
+            return
+        t0 = time.perf_counter()
+        total_loss = window.value()
+        acc["time"] += time.perf_counter() - t0  # on CUDA: the queued work of the window
+        acc["loss_sum"] = total_loss
+        bad = D.any_flag(ctx, not math.isfinite(total_loss))
+        if bad:
+            seen = total_loss if not math.isfinite(total_loss) else "non-finite in another process"
+            raise ConfigError(f"run {spec.run_id}: the loss became {seen} in one of the training "
+                              f"steps {window.checked + 1}..{at} (checked every log_every="
+                              f"{recipe.log_every} steps): lower the learning rate (recipe lr) or "
+                              f"check the data")
+        window.checked = at
+
+    def at_sync_point(s: int) -> bool:
+        return (s % recipe.log_every == 0 or s % recipe.eval_every == 0
+                or s % recipe.checkpoint_every == 0 or s == total)
+
     net.train()
     t_log = time.perf_counter()
     with StopRequest() as stop:
@@ -547,13 +661,10 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
             x, y, m = next(it)
             t0 = time.perf_counter()
             x = _to(x, ctx.device, recipe.channels_last)
-            y, m = y.to(ctx.device), m.to(ctx.device)
+            y, m = _to(y, ctx.device), _to(m, ctx.device)
             with _autocast(recipe, ctx.device):
                 out = net(x)
             loss = loss_fn(task.kind, out.float(), y, m)
-            if not torch.isfinite(loss):
-                raise ConfigError(f"run {spec.run_id}: the loss became {loss.item()} at step {step}: "
-                                  f"lower the learning rate (recipe lr) or check the data")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             lr_used = opt.param_groups[0]["lr"]
@@ -561,30 +672,39 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
             sched.step()
             step += 1
             session_steps += 1
-            acc["loss_sum"] += float(loss.detach())
+            window.add(loss)  # on the device: no host sync per step (issue 18)
             acc["loss_n"] += 1
             acc["images"] += recipe.batch_size
             acc["time"] += time.perf_counter() - t0
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{lr_used:.2e}")
             if step % recipe.log_every == 0 or step == total:
+                check_loss(step)
                 ips = acc["images"] / max(acc["time"], 1e-9)
                 row = {"step": step, "kind": "train", "loss": acc["loss_sum"] / acc["loss_n"],
                        "lr": lr_used, "images_per_s": ips, "epoch": step / spe}
                 mlog.append(row)
-                if main and bar is None:
+                if bar is not None:
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr_used:.2e}")
+                elif main:
                     eta = (total - step) * (time.perf_counter() - t_log) / max(session_steps, 1)
                     log.info("step %d/%d loss %.4f lr %.3g %.1f img/s eta %.0fs", step, total,
                              row["loss"], lr_used, ips, eta)
                 acc = {"loss_sum": 0.0, "loss_n": 0, "images": 0, "time": 0.0}
+                window.reset()
             if step % recipe.eval_every == 0 or step == total:
+                check_loss(step)
                 last_eval = do_eval(step)
-            want_stop = stop.signum is not None or (
-                max_steps_this_session is not None and session_steps >= max_steps_this_session)
-            want_stop = D.any_flag(ctx, want_stop) and step < total
+            session_done = (max_steps_this_session is not None
+                            and session_steps >= max_steps_this_session)
+            want_stop = stop.signum is not None or session_done
+            if ctx.distributed:  # agree on a signal at sync points only (each agreement syncs)
+                want_stop = (D.any_flag(ctx, want_stop)
+                             if session_done or at_sync_point(step) else False)
+            want_stop = want_stop and step < total
             if step % recipe.checkpoint_every == 0 or want_stop:
                 if step < total:
+                    check_loss(step)
                     save_ckpt(step)
             if want_stop:
                 stopped_by = (signal.Signals(stop.signum).name if stop.signum is not None

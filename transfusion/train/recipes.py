@@ -54,6 +54,9 @@ class Recipe:
     augment: bool = True
     amp: str = "none"  # "none" | "bf16" (autocast on the device; use on GPUs)
     channels_last: bool = False
+    # DDP only: SyncBatchNorm (batch statistics over all processes' shares of the global batch);
+    # needs CUDA devices (NCCL): torch's SyncBatchNorm does not run on CPU/gloo
+    sync_bn: bool = False
     deterministic: bool = False  # torch.use_deterministic_algorithms + no cudnn.benchmark
     notes: tuple[str, ...] = field(default_factory=tuple)
 

@@ -37,6 +37,11 @@ class RunFolder:
         return self.path / "metrics.csv"
 
     @property
+    def tensorboard(self) -> Path:
+        """TensorBoard event files (the numbers of metrics.jsonl), when tensorboard is installed."""
+        return self.path / "tensorboard"
+
+    @property
     def final(self) -> Path:
         return self.path / "final.json"
 
