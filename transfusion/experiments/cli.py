@@ -109,7 +109,7 @@ def _doc(name: str) -> str:
 def register(app: typer.Typer, run_app: typer.Typer) -> None:
     for name in EXPERIMENT_NAMES:
         run_app.command(name, help=_doc(name))(
-            _make_command(name, _doc(name), small_data=name == "performance",
+            _make_command(name, _doc(name), small_data=name in ("performance", "feature-reuse"),
                           upto=name == "weight-transfusion"))
     run_app.command("all", help="Run every experiment in turn (runs shared between experiments are "
                     "trained once). Interrupt and rerun: finished runs are skipped, an interrupted run "
