@@ -138,6 +138,18 @@ def test_run_all_includes_feature_reuse(tmp_path, monkeypatch):
     assert "feature-reuse" in seen and seen == list(EXPERIMENT_NAMES)
 
 
+def test_compare_prints_weight_distance(done):
+    row = next(r for r in done["rows"] if r["init"] == "transfer" and r["layer"] == "cbr3")
+    ckpts = done["runs"] / row["run_id"]
+    result = CliRunner().invoke(app, ["compare", str(ckpts / "checkpoints" / "step0.pt"),
+                                      str(ckpts / "model_final.pt"), "--images", "16", "--image-size",
+                                      "32", "--pool", "2", "--cache", done["space"]["cache"]])
+    assert result.exit_code == 0, result.output
+    assert "WDIST" in result.output
+    line = next(l for l in result.output.splitlines() if l.startswith("cbr3"))
+    assert float(line.split()[3]) == pytest.approx(row["weight_distance"], abs=5e-4)
+
+
 def test_claims_from_rows():
     from transfusion.experiments.claims import feature_reuse
 
