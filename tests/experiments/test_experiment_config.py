@@ -5,9 +5,9 @@ from transfusion.experiments import EXPERIMENT_NAMES, experiment_module
 from transfusion.experiments.config import PRESETS, ExperimentConfig, make_config, parse_pretrained
 
 
-def test_all_seven_experiments_are_registered_with_help():
-    assert EXPERIMENT_NAMES == ("performance", "representations", "layer-change", "mean-var",
-                                "weight-transfusion", "slim", "gabor")
+def test_all_eight_experiments_are_registered_with_help():
+    assert EXPERIMENT_NAMES == ("performance", "representations", "layer-change", "feature-reuse",
+                                "mean-var", "weight-transfusion", "slim", "gabor")
     for name in EXPERIMENT_NAMES:
         m = experiment_module(name)
         assert m.QUESTION.endswith("?") and m.WRITES and callable(m.plan) and callable(m.report)

@@ -26,12 +26,17 @@ log = logging.getLogger(__name__)
 METHODS = ("svcca", "cka")
 
 
-def eval_batches(dataset, n_images: int, batch_size: int = 32):
-    """The first ``n_images`` items of ``dataset`` (no shuffling) as image batches: a fixed set."""
+def eval_items(dataset, n_images: int, batch_size: int = 32):
+    """The first ``n_images`` items of ``dataset`` (no shuffling) as batches as the dataset gives
+    them, e.g. (images, targets, masks): a fixed set, with its labels."""
     n = min(n_images, len(dataset))
     subset = torch.utils.data.Subset(dataset, range(n))
-    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0)
-    for batch in loader:
+    yield from torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0)
+
+
+def eval_batches(dataset, n_images: int, batch_size: int = 32):
+    """The images of ``eval_items``: the first ``n_images`` images of ``dataset``, a fixed set."""
+    for batch in eval_items(dataset, n_images, batch_size):
         yield batch[0] if isinstance(batch, (tuple, list)) else batch
 
 

@@ -15,6 +15,7 @@ _MODULES = {
     "performance": "performance",
     "representations": "representations",
     "layer-change": "layer_change",
+    "feature-reuse": "feature_reuse",
     "mean-var": "mean_var",
     "weight-transfusion": "weight_transfusion",
     "slim": "slim",

@@ -248,3 +248,39 @@ def representations(rows: list[dict], models: list[str], figure: str) -> list[di
             f"[CCA(rand, rand) - CCA(rand, transfer)] of {large} minus that of {small}, paired by "
             "seed; greater than 0", "greater", a, b, figure=figure))
     return out
+
+
+# ------------------------------------------------------------------------------- feature reuse
+def feature_reuse(rows: list[dict], models: list[str], figure: str) -> list[dict]:
+    """rows: one per (run, layer) with model, init, seed, layer_index and weight_distance
+    (||w_T - w_0|| / ||w_0|| of the stage's parameters between step 0 and the end)."""
+    per_run = defaultdict(dict)
+    for r in rows:
+        v = r.get("weight_distance")
+        if isinstance(v, (int, float)) and math.isfinite(float(v)):
+            per_run[(r["model"], r["init"], r["seed"])][int(r["layer_index"])] = float(v)
+    higher_minus_lowest = {}
+    for (m, i, s), d in per_run.items():
+        if i == "transfer" and len(d) > 1:
+            low = min(d)
+            higher = [v for li, v in d.items() if li != low]
+            higher_minus_lowest[(m, s)] = sum(higher) / len(higher) - d[low]
+    out = [paired_claim("feature-reuse", "feature reuse concentrates in the lowest layers",
+                        "transfer runs: relative weight distance ||w_T - w_0|| / ||w_0|| (step 0 to "
+                        "the end), mean over the stages above the lowest minus that of the lowest "
+                        "stage, paired by (model, seed); greater than 0", "greater",
+                        higher_minus_lowest, figure=figure,
+                        need="needs finished transfer runs of a model with two or more stages")]
+    mean = {k: sum(d.values()) / len(d) for k, d in per_run.items() if d}
+    present = [m for m in models if any(k[0] == m for k in mean)]
+    if len(present) >= 2:
+        sizes = {m: _size(m) for m in present}
+        small, large = min(present, key=sizes.get), max(present, key=sizes.get)
+        a = {(k[1], k[2]): v for k, v in mean.items() if k[0] == small}
+        b = {(k[1], k[2]): v for k, v in mean.items() if k[0] == large}
+        out.append(paired_claim(
+            "feature-reuse", "large models move less than small ones",
+            f"relative weight distance (step 0 to the end), mean over stages: {small} "
+            f"({sizes[small] / 1e6:.2f}M parameters) minus {large} ({sizes[large] / 1e6:.2f}M), "
+            "paired by (init, seed); greater than 0", "greater", a, b, figure=figure))
+    return out

@@ -118,7 +118,7 @@ def _doc(name: str) -> str:
 def register(app: typer.Typer, run_app: typer.Typer) -> None:
     for name in EXPERIMENT_NAMES:
         run_app.command(name, help=_doc(name))(
-            _make_command(name, _doc(name), small_data=name == "performance",
+            _make_command(name, _doc(name), small_data=name in ("performance", "feature-reuse"),
                           upto=name == "weight-transfusion"))
     run_app.command("all", help="Run every experiment in turn (runs shared between experiments are "
                     "trained once). Interrupt and rerun: finished runs are skipped, an interrupted run "
@@ -157,7 +157,10 @@ def compare(
     device: str = typer.Option("cpu", help="cpu or cuda."),
     cache: str = typer.Option("data-cache", help="Synthetic data cache."),
 ) -> None:
-    """Print the per-layer SVCCA and linear CKA between two checkpoints (one pass over the data)."""
+    """Print the per-layer SVCCA and linear CKA between two checkpoints (one pass over the data),
+    and, when both are the same architecture, each stage's relative weight distance ||w_B - w_A|| /
+    ||w_A|| (its parameters: conv/linear weights and biases, BatchNorm affine parameters)."""
+    from transfusion.analysis.feature_reuse import same_architecture, stage_weight_distances
     from transfusion.analysis.similarity import compare_models, eval_batches, load_checkpoint_model
     from transfusion.data import load_dataset
 
@@ -183,11 +186,15 @@ def compare(
         root = data
     ds = load_dataset(data_format, root, split, image_size=size, augment=False,
                       in_channels=ha.get("in_channels", 3))
+    dist = stage_weight_distances(a, b) if same_architecture(a, b) else None
     rows = compare_models({"a": a, "b": b}, [("a", "b")], eval_batches(ds, images), pool=pool,
                           device=device)
     if not rows:
         typer.echo("the two models share no stage names; nothing to compare")
         raise typer.Exit(1)
-    typer.echo(f"{'layer':<16}{'SVCCA':>8}{'CKA':>8}   ({rows[0]['n_images']} images, pool {pool}x{pool})")
+    wcol = f"{'WDIST':>8}" if dist is not None else ""
+    typer.echo(f"{'layer':<16}{'SVCCA':>8}{'CKA':>8}{wcol}   ({rows[0]['n_images']} images, pool "
+               f"{pool}x{pool}" + ("; WDIST = ||w_b - w_a|| / ||w_a||" if dist is not None else "") + ")")
     for r in rows:
-        typer.echo(f"{r['layer']:<16}{r['svcca']:>8.3f}{r['cka']:>8.3f}")
+        w = f"{dist[r['layer']]:>8.3f}" if dist is not None else ""
+        typer.echo(f"{r['layer']:<16}{r['svcca']:>8.3f}{r['cka']:>8.3f}{w}")

@@ -204,13 +204,17 @@ class Context:
     data: dict
     device: str = "cpu"
 
-    def eval_batches(self):
-        from transfusion.analysis.similarity import eval_batches
+    def dataset(self, split: str = "test"):
+        """One split of the medical data, unaugmented (the fixed evaluation set is 'test')."""
         from transfusion.data import load_dataset
 
-        ds = load_dataset(self.data["dataset"], self.data["root"], "test", image_size=self.cfg.image_size,
-                          augment=False, seed=0)
-        return eval_batches(ds, self.cfg.similarity_images, batch_size=32)
+        return load_dataset(self.data["dataset"], self.data["root"], split, image_size=self.cfg.image_size,
+                            augment=False, seed=0)
+
+    def eval_batches(self):
+        from transfusion.analysis.similarity import eval_batches
+
+        return eval_batches(self.dataset("test"), self.cfg.similarity_images, batch_size=32)
 
     final_checkpoint = staticmethod(final_checkpoint)
     step0_checkpoint = staticmethod(step0_checkpoint)

@@ -7,6 +7,7 @@ reached the threshold, a single-class AUC) are drawn as gaps or marked, never as
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +123,8 @@ def curves_with_bands(series: dict[str, list[tuple[list, list]]], path, *, title
 
 
 def layer_curves(series: dict[str, tuple[list[str], list[float]]], path, *, title: str,
-                 ylabel: str = "CCA(layer at init, layer at end)") -> Path:
+                 ylabel: str = "CCA(layer at init, layer at end)",
+                 ylim: tuple[float | None, float | None] | None = (0, 1.05)) -> Path:
     """Per-layer similarity curves, one line per (model, init) (Fig. 3).
 
     Models differ in depth, so the x axis is the relative depth (0 = first stage, 1 = last); each
@@ -143,7 +145,8 @@ def layer_curves(series: dict[str, tuple[list[str], list[float]]], path, *, titl
                                 color=line.get_color())
     ax.set_xlabel("relative depth (first stage = 0, last = 1)")
     ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 1.05)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
@@ -171,6 +174,45 @@ def similarity_heatmap(values, rows: list[str], cols: list[str], path, *, title:
                             color="white" if v[i, j] < 0.6 else "black")
     fig.colorbar(im, ax=ax, label=value_label, fraction=0.046)
     ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def depth_panels(panels: dict[str, dict[str, tuple[list[str], list[list[float]]]]], path, *,
+                 title: str, styles: dict[str, dict] | None = None, ncols: int = 2) -> Path:
+    """Per-stage measures of one model against depth, one panel per measure (feature reuse).
+
+    ``panels[panel title][series label] = (stage names, values per seed: [seed][stage])``; each
+    series is a line (mean over seeds) with a band (min..max over seeds); ``styles[label]`` holds
+    matplotlib line options (e.g. color, ls). Missing values are gaps.
+    """
+    plt = _plt()
+    n = len(panels)
+    cols = min(ncols, max(1, n))
+    rows = math.ceil(n / cols) if n else 1
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows), squeeze=False)
+    for ax, (panel, series) in zip(axes.flat, panels.items()):
+        names: list[str] = []
+        for label, (layers, per_seed) in series.items():
+            if not per_seed or not layers:
+                continue
+            names = names if len(names) >= len(layers) else list(layers)
+            mat = np.array([[v if _finite(v) else math.nan for v in seed] for seed in per_seed], dtype=float)
+            xs = np.arange(len(layers))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN stage: a gap
+                mean, lo, hi = np.nanmean(mat, 0), np.nanmin(mat, 0), np.nanmax(mat, 0)
+            style = dict((styles or {}).get(label, {}))
+            line, = ax.plot(xs, mean, marker="o", ms=3, label=f"{label} (n={len(per_seed)})", **style)
+            if len(per_seed) > 1:
+                ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
+        ax.set_xticks(np.arange(len(names)), names, rotation=30, fontsize=7)
+        ax.set_title(panel, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     return _save(fig, path)
 
 

@@ -68,6 +68,11 @@ class RunFolder:
     def similarity(self) -> Path:
         return self.path / "similarity.json"
 
+    @property
+    def feature_reuse(self) -> Path:
+        """Per-stage weight distance, reset AUCs and k-NN AUCs (experiment feature-reuse)."""
+        return self.path / "feature_reuse.json"
+
     def is_finished(self) -> bool:
         return self.final.is_file()
 
