@@ -51,9 +51,10 @@ def test_streaming_equals_in_memory(precision, tol):
     ref = float(R.svcca(layers["a"], layers["b"]).mean())
     assert abs(stats.svcca("a", "b").mean - ref) < 1e-6
     assert stats.n("a") == 3000
-    # Gram + column sums + shift; float32 statistics also keep the Gram entries' error variances and biases
+    # Gram + column sums + shift; float32 statistics also keep the Gram entries' error variances and biases;
+    # debiased CKA's row-norm sums: 3 x 3 products, 3 x 41 norm-weighted sums, 3 totals
     grams = 3 if precision == "float32" else 1
-    assert stats.memory_bytes() == (grams * 41 * 41 + 41 + 41) * 8
+    assert stats.memory_bytes() == (grams * 41 * 41 + 41 + 41 + 3 * 3 + 3 * 41 + 3) * 8
 
 
 def test_batched_queries():

@@ -1,14 +1,18 @@
-"""Streaming (SV)CCA / PWCCA / CKA: accumulate float64 sufficient statistics batch by batch.
+"""Streaming (SV)CCA / PWCCA / CKA / Procrustes: accumulate float64 sufficient statistics batch by batch.
 
     stats = CCAStatistics(groups={"ab": ["a.conv1", "a.block4", "b.conv1", "b.block4"]})
     handles = stats.attach({"a.conv1": net_a.conv1, ...})   # forward hooks, or stats.update(...)
     for images, *_ in loader:
         net_a(images); net_b(images)                          # both nets see the same batch
     stats.svcca("a.block4", "b.block4"); stats.cka("a.conv1", "b.conv1")
+    stats.cka("a.conv1", "b.conv1", debiased=True); stats.procrustes("a.block4", "b.block4")
 
 What is stored: for every group of layers accumulated jointly, the count n, a per-neuron shift
 (the first batch's first-chunk mean), the float64 column sums and the float64 joint Gram of the
-shifted concatenation [x_1 .. x_k] of the group's layers. Every pair of layers inside a group is
+shifted concatenation [x_1 .. x_k] of the group's layers, and for debiased CKA the float64 sums of
+the per-datapoint squared row norms p_i^l = ||z_i^l||^2 of each layer l of the shifted rows z_i:
+sum_i p_i p_i^T (k x k), sum_i p_i z_i^T (k x width) and sum_i p_i (``similarity.row_norm_sums``;
+O(batch x width x k) float64 work per batch). Every pair of layers inside a group is
 then available (CCA between two layers needs their cross-products x_i^T x_j). Memory depends on
 the widths, never on n: (sum of the group's widths)^2 * 8 bytes for the Gram (e.g. 4 layers of
 512 neurons: 2048^2 * 8 = 32 MiB), plus, while a batch is folded in, the Gram pass's chunk buffer
@@ -42,6 +46,7 @@ from transfusion.errors import InputError
 from transfusion.ops import gram as _gram
 from transfusion.ops.datapoints import conv_to_datapoints
 from transfusion.ops import precision as _precision
+from transfusion.ops import similarity as _similarity
 from transfusion.ops.similarity import (AUTO_TARGET, DEFAULT_RTOL, METHODS, SimilarityResult, as_tensor,
                                         check_finite, _input_dtype, _small_linalg_threads, finalise_many,
                                         moments_from_sums, warn_about)
@@ -65,7 +70,17 @@ class _Group:
     # float32 groups: the rounding model's zero-mean entry variances and systematic entry errors
     entry_var: torch.Tensor | None = None
     entry_bias: torch.Tensor | None = None
+    # debiased CKA: sums of the shifted rows' per-layer squared norms p_i (similarity.row_norm_sums):
+    # sum p p^T (k, k), sum p z^T (k, W), sum p (k,); None in files saved before they existed
+    row_products: torch.Tensor | None = None
+    row_sums: torch.Tensor | None = None
+    row_totals: torch.Tensor | None = None
     pending: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        if self.row_products is None or self.row_sums is None or self.row_totals is None:
+            return None
+        return self.row_products, self.row_sums, self.row_totals
 
     def span(self, name: str) -> slice:
         i = self.layers.index(name)
@@ -73,16 +88,49 @@ class _Group:
         return slice(o, o + self.widths[i])
 
 
+_ROW_KEYS = ("row_products", "row_sums", "row_totals")
+_TENSOR_KEYS = ("shift", "colsum", "gram", "entry_var", "entry_bias") + _ROW_KEYS
+
+
 def _rebase(n: int, shift: torch.Tensor, colsum: torch.Tensor, gram: torch.Tensor,
-            new_shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same statistics expressed around another shift (exact in float64)."""
+            new_shift: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+            widths: Sequence[int] | None = None):
+    """The same statistics expressed around another shift (exact in float64): (colsum, gram), and
+    with ``rows`` (the row-norm sums, ``widths`` the group's layer widths) (colsum, gram, rows).
+
+    Rows: z' = z + d, so each layer's squared norm becomes p' = p + 2 e + D with e_i^l = z_i^l . d^l
+    and D_l = ||d^l||^2. With B (k, W) holding d^l on layer l's columns (so e_i = B z_i):
+    sum e = B colsum, sum p e^T = (sum p z^T) B^T, sum e e^T = B G B^T, sum e z^T = B G, hence
+    sum p' = sum p + 2 B colsum + n D,
+    sum p' p'^T = sum p p^T + 2 (S B^T + B S^T) + 4 B G B^T + (sum p + 2 B colsum) D^T
+                  + D (sum p + 2 B colsum)^T + n D D^T                 (S = sum p z^T),
+    sum p' z'^T = S + 2 B G + D colsum^T + (sum p') d^T."""
     d = shift - new_shift  # x - new = (x - shift) + d
-    gram = gram + torch.outer(colsum, d) + torch.outer(d, colsum) + n * torch.outer(d, d)
-    return colsum + n * d, gram
+    new_gram = gram + torch.outer(colsum, d) + torch.outer(d, colsum) + n * torch.outer(d, d)
+    new_colsum = colsum + n * d
+    if rows is None:
+        return new_colsum, new_gram
+    products, sums, totals = rows
+    k = len(widths)
+    b = d.new_zeros(k, d.numel())
+    o = 0
+    for i, w in enumerate(widths):
+        b[i, o:o + w] = d[o:o + w]
+        o += w
+    dl = (b * b).sum(1)  # D
+    be = b @ colsum  # sum e
+    bg = b @ gram  # sum e z^T
+    cross = sums @ b.T  # sum p e^T
+    lin = totals + 2 * be
+    new_products = (products + 2 * (cross + cross.T) + 4 * (bg @ b.T) + torch.outer(lin, dl)
+                    + torch.outer(dl, lin) + n * torch.outer(dl, dl))
+    new_totals = lin + n * dl
+    new_sums = sums + 2 * bg + torch.outer(dl, colsum) + torch.outer(new_totals, d)
+    return new_colsum, new_gram, (new_products, new_sums, new_totals)
 
 
 class CCAStatistics:
-    """Float64 sufficient statistics of many layers, for (SV)CCA / PWCCA / CKA of any pair."""
+    """Float64 sufficient statistics of many layers, for (SV)CCA / PWCCA / CKA / Procrustes of any pair."""
 
     def __init__(self, groups: Mapping[str, Sequence[str]] | Sequence[Sequence[str]] | Sequence[str] | None = None,
                  *, pool: int | tuple[int, int] | None = None, max_positions: int | None = None,
@@ -178,6 +226,9 @@ class CCAStatistics:
             if dt == torch.float32:
                 group.entry_var = torch.zeros_like(group.gram)
                 group.entry_bias = torch.zeros_like(group.gram)
+            group.row_products = group.gram.new_zeros(len(xs), len(xs))
+            group.row_sums = group.gram.new_zeros(len(xs), total)
+            group.row_totals = group.gram.new_zeros(len(xs))
         elif widths != group.widths:
             raise InputError(f"widths changed between batches: {widths} vs {group.widths} for {group.layers}")
         else:
@@ -191,6 +242,9 @@ class CCAStatistics:
             rows = _gram.chunk_lengths(int(xs[0].shape[0]), self.chunk_rows)
             group.entry_var += _precision.entry_variance(chunk_sq, rows).to(group.entry_var.device)
             group.entry_bias += _precision.entry_bias(gram, rows).to(group.entry_bias.device)
+        if group.rows() is not None:
+            for acc, t in zip(group.rows(), _similarity.row_norm_sums(xs, group.shift, self.chunk_rows)):
+                acc += t.to(acc.device)
         group.gram += gram.to(group.gram.device)
         group.colsum += colsum.to(group.colsum.device)
         group.n += int(xs[0].shape[0])
@@ -211,11 +265,11 @@ class CCAStatistics:
         return self._group(name).n
 
     def memory_bytes(self) -> int:
-        """Bytes held by the statistics (Grams + sums + shifts)."""
+        """Bytes held by the statistics (Grams + sums + shifts + row-norm sums)."""
         return sum(t.numel() * t.element_size() for g in self._groups.values()
-                   for t in (g.gram, g.entry_var, g.entry_bias, g.colsum, g.shift) if t is not None)
+                   for t in (getattr(g, k) for k in _TENSOR_KEYS) if t is not None)
 
-    def _moments(self, a: str, b: str):
+    def _moments(self, a: str, b: str, debiased: bool = False):
         for name in (a, b):
             if name not in self._group_of:
                 raise InputError(f"no statistics for layer {name!r}; layers: {self.layers}")
@@ -231,21 +285,35 @@ class CCAStatistics:
                              f"waiting for the others of {g.layers})")
         if g.n < 2:
             raise InputError(f"need at least 2 datapoints for {a!r} and {b!r}, have {g.n}")
+        rows = None
+        if debiased:
+            if g.n < 4:
+                raise InputError(f"debiased CKA needs at least 4 datapoints (the unbiased HSIC "
+                                 f"divides by n - 3), have {g.n} for {a!r} and {b!r}")
+            if g.rows() is None:
+                raise InputError(f"group {ga!r} has no per-datapoint row-norm sums (statistics saved "
+                                 f"before they were kept, or merged with such); debiased CKA needs "
+                                 f"them: accumulate the statistics again")
+            idx = torch.tensor([g.layers.index(a), g.layers.index(b)], device=g.row_products.device)
+            products, sums, totals = g.rows()
+            rows = (products[idx][:, idx], sums[idx], totals[idx])
         var = None if g.entry_var is None else g.entry_var + g.entry_bias**2
         return moments_from_sums(g.n, g.shift, g.colsum, g.gram, g.span(a), g.span(b), g.dtype,
-                                 g.input_dtype, var)
+                                 g.input_dtype, var, rows)
 
     def similarity(self, a: str | Sequence[str], b: str | Sequence[str], method: str = "svcca",
-                   keep: float = 0.99, rtol: float = DEFAULT_RTOL):
+                   keep: float = 0.99, rtol: float = DEFAULT_RTOL, debiased: bool = False):
         """One result for two layer names; for two lists of names, a list of results per pair
-        (zip), with the eigendecompositions batched."""
+        (zip), with the eigendecompositions batched. ``debiased``: for method="cka" only."""
         if method not in METHODS:
             raise InputError(f"method must be one of {METHODS}, got {method!r}")
+        if debiased and method != "cka":
+            raise InputError(f"debiased=True is for method='cka', got method={method!r}")
         batched = not isinstance(a, str)
         pairs = list(zip(a, b)) if batched else [(a, b)]
-        moments = [self._moments(x, y) for x, y in pairs]
+        moments = [self._moments(x, y, debiased) for x, y in pairs]
         with _small_linalg_threads(moments[0].cxx.device):
-            results = finalise_many(method, moments, keep, rtol)
+            results = finalise_many(method, moments, keep, rtol, debiased)
         for (x, y), r in zip(pairs, results):
             if r.dtype == "float32" and r.error_estimate is not None and r.error_estimate > AUTO_TARGET:
                 warnings.warn(
@@ -265,8 +333,13 @@ class CCAStatistics:
     def pwcca(self, a, b, rtol: float = DEFAULT_RTOL) -> SimilarityResult:
         return self.similarity(a, b, "pwcca", rtol=rtol)
 
-    def cka(self, a, b) -> SimilarityResult:
-        return self.similarity(a, b, "cka")
+    def cka(self, a, b, debiased: bool = False) -> SimilarityResult:
+        """Linear CKA; ``debiased=True``: from the unbiased HSIC (``similarity.cka``), n >= 4."""
+        return self.similarity(a, b, "cka", debiased=debiased)
+
+    def procrustes(self, a, b) -> SimilarityResult:
+        """Orthogonal Procrustes similarity (``similarity.procrustes``)."""
+        return self.similarity(a, b, "procrustes")
 
     # ---- merging, distributed, files ------------------------------------------------------------
 
@@ -307,6 +380,8 @@ class CCAStatistics:
                 g.shift, g.colsum, g.gram = og.shift.clone(), og.colsum.clone(), og.gram.clone()
                 g.entry_var = None if og.entry_var is None else og.entry_var.clone()
                 g.entry_bias = None if og.entry_bias is None else og.entry_bias.clone()
+                for k in _ROW_KEYS:
+                    setattr(g, k, None if og.rows() is None else getattr(og, k).clone())
             else:
                 if og.widths != g.widths:
                     raise InputError(f"group {gname!r}: widths {og.widths} there, {g.widths} here")
@@ -317,10 +392,18 @@ class CCAStatistics:
                     raise InputError(f"group {gname!r}: the layers were rescaled differently there "
                                      f"({og.scales}) and here ({g.scales}); accumulate both from "
                                      f"activations of the same magnitude")
-                colsum, gram = _rebase(og.n, og.shift.to(g.shift.device), og.colsum.to(g.shift.device),
-                                       og.gram.to(g.shift.device), g.shift)
-                g.colsum += colsum
-                g.gram += gram
+                dev = g.shift.device
+                both = g.rows() is not None and og.rows() is not None
+                rows = tuple(t.to(dev) for t in og.rows()) if both else None
+                out = _rebase(og.n, og.shift.to(dev), og.colsum.to(dev), og.gram.to(dev), g.shift,
+                              rows, g.widths)
+                g.colsum += out[0]
+                g.gram += out[1]
+                if both:
+                    for acc, t in zip(g.rows(), out[2]):
+                        acc += t
+                else:  # one side has none (an old file): debiased CKA is unavailable
+                    g.row_products = g.row_sums = g.row_totals = None
                 if g.entry_var is not None and og.entry_var is not None:
                     g.entry_var += og.entry_var.to(g.entry_var.device)
                     g.entry_bias += og.entry_bias.to(g.entry_bias.device)
@@ -345,17 +428,24 @@ class CCAStatistics:
             if g.pending:
                 raise InputError(f"group {gname!r} has an incomplete batch; finish it before all_reduce")
             dev = g.gram.device if g.gram is not None else torch.device("cpu")
-            have = torch.tensor([1.0 if g.n > 0 else 0.0], dtype=torch.float64, device=dev)
+            have = torch.tensor([1.0 if g.n > 0 else 0.0, 1.0 if g.rows() is not None else 0.0],
+                                dtype=torch.float64, device=dev)
             dist.all_reduce(have, op=dist.ReduceOp.MIN, group=group)
-            if have.item() == 0:
+            if have[1].item() == 0:  # some process has none (an old file): drop them everywhere
+                g.row_products = g.row_sums = g.row_totals = None
+            if have[0].item() == 0:
                 raise InputError(f"group {gname!r} has no data on some process; every process must "
                                  f"feed every group before all_reduce")
             shift = g.shift.clone()
             dist.broadcast(shift, src=src, group=group)
-            g.colsum, g.gram = _rebase(g.n, g.shift, g.colsum, g.gram, shift)
+            out = _rebase(g.n, g.shift, g.colsum, g.gram, shift, g.rows(), g.widths)
+            g.colsum, g.gram = out[0], out[1]
+            if g.rows() is not None:
+                g.row_products, g.row_sums, g.row_totals = out[2]
             g.shift = shift
             count = torch.tensor([float(g.n), float(g.batches)], dtype=torch.float64, device=dev)
             extra = () if g.entry_var is None else (g.entry_var, g.entry_bias)
+            extra += g.rows() or ()
             for t in (g.colsum, g.gram, count) + extra:
                 dist.all_reduce(t, group=group)
             g.n, g.batches = int(count[0].item()), int(count[1].item())
@@ -368,7 +458,7 @@ class CCAStatistics:
                 "layers": list(g.layers), "widths": g.widths, "n": g.n, "batches": g.batches,
                 "dtype": g.dtype, "input_dtype": g.input_dtype, "scales": g.scales,
                 **{k: None if getattr(g, k) is None else getattr(g, k).detach().cpu()
-                   for k in ("shift", "colsum", "gram", "entry_var", "entry_bias")},
+                   for k in _TENSOR_KEYS},
             }
         return {"format": FORMAT, "version": 1, "declared": self._declared, "pool": self.pool,
                 "precision": self.precision,
@@ -413,6 +503,10 @@ class CCAStatistics:
             g.entry_var, g.entry_bias = v.get("entry_var"), v.get("entry_bias")
             if (g.entry_var is None) != (g.entry_bias is None):
                 g.entry_var = g.entry_bias = None
+            for k in _ROW_KEYS:  # absent in files saved before debiased CKA
+                setattr(g, k, v.get(k))
+            if g.rows() is None:
+                g.row_products = g.row_sums = g.row_totals = None
         return stats
 
     @classmethod
@@ -430,7 +524,7 @@ class CCAStatistics:
         stats = cls.from_state_dict(state, source=f"{str(path)!r}")
         if torch.device(map_location).type != "cpu":
             for g in stats._groups.values():
-                for k in ("shift", "colsum", "gram", "entry_var", "entry_bias"):
+                for k in _TENSOR_KEYS:
                     if getattr(g, k) is not None:
                         setattr(g, k, getattr(g, k).to(map_location))
         return stats

@@ -89,3 +89,35 @@ def cka(x: torch.Tensor, y: torch.Tensor) -> float:
     num = torch.linalg.matrix_norm(yc.T @ xc) ** 2
     den = torch.linalg.matrix_norm(xc.T @ xc) * torch.linalg.matrix_norm(yc.T @ yc)
     return float(num / den) if den > 0 else 0.0
+
+
+def cka_debiased(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Debiased linear CKA straight from the unbiased HSIC estimator (Song et al. 2012) on the full
+    n x n kernels: centre the features, K = X X^T, L = Y Y^T with zeroed diagonals (K~, L~),
+    HSIC_1(K, L) = [tr(K~ L~) + 1^T K~ 1 1^T L~ 1 / ((n-1)(n-2)) - 2/(n-2) 1^T K~ L~ 1] / (n(n-3)),
+    CKA = HSIC_1(K, L) / sqrt(HSIC_1(K, K) HSIC_1(L, L)) (Kornblith's colab, debiased=True).
+    O(n^2) memory: for tests."""
+    xc, yc = _centred(x), _centred(y)
+    n = xc.shape[0]
+
+    def hsic(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+        k = k - torch.diag(torch.diagonal(k))
+        l = l - torch.diag(torch.diagonal(l))
+        one = torch.ones(n, dtype=torch.float64)
+        # tr(K~ L~) = sum_ij K~_ij L~_ji and 1^T K~ L~ 1 = (K~^T 1).(L~ 1): O(n^2), no n^3 product
+        return ((k * l.T).sum() + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2))
+                - 2.0 / (n - 2) * ((one @ k) @ (l @ one))) / (n * (n - 3))
+
+    k, l = xc @ xc.T, yc @ yc.T
+    den = torch.sqrt(hsic(k, k) * hsic(l, l))
+    return float(hsic(k, l) / den) if den > 0 else 0.0
+
+
+def procrustes(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Orthogonal Procrustes similarity: the nuclear norm (sum of singular values, by SVD) of
+    X^T Y for the centred layers each scaled to unit Frobenius norm."""
+    xc, yc = _centred(x), _centred(y)
+    nx, ny = xc.norm(), yc.norm()
+    if nx == 0 or ny == 0:
+        return 0.0
+    return float(torch.linalg.svdvals((xc / nx).T @ (yc / ny)).sum())

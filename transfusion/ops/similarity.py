@@ -1,4 +1,5 @@
-"""(SV)CCA, PWCCA and linear CKA between two layers' activations, fast and in float64 where it counts.
+"""(SV)CCA, PWCCA, linear CKA and Procrustes similarity between two layers' activations, fast and in
+float64 where it counts.
 
     >>> r = svcca(x, y)            # x (n, a), y (n, b): datapoints by neurons
     >>> r.mean, r.coefficients, r.kept
@@ -23,7 +24,17 @@ after that works on (a+b)^2 numbers in float64:
     argument, as in google/svcca's compute_pwcca (swap the arguments for the other side).
     When correlations repeat (e.g. n - 1 < a + b gives many exact 1s) the canonical variates,
     hence the weights, are not unique: PWCCA is then ill-defined (finite, but basis-dependent).
-  * linear CKA (Kornblith et al. 2019) = ||C_xy||_F^2 / (||C_xx||_F ||C_yy||_F).
+  * linear CKA (Kornblith et al. 2019) = ||C_xy||_F^2 / (||C_xx||_F ||C_yy||_F). ``debiased=True``:
+    the unbiased HSIC estimator (Song et al. 2012) in place of ||C||_F^2, as in Kornblith's CKA
+    colab ``feature_space_linear_cka(..., debiased=True)``: with K = X_c X_c^T, L = Y_c Y_c^T,
+    n(n-3) HSIC_1(K, L) = ||C_xy||_F^2 - n/(n-2) sum_i ||x_i||^2 ||y_i||^2
+    + tr C_xx tr C_yy / ((n-1)(n-2)) (x_i, y_i the centred rows; K's diagonal is what it removes).
+    The sum over rows comes, in the same pass, from per-datapoint row norms of the shifted data
+    (``row_norm_sums``: sum_i p_i p_i^T, sum_i p_i z_i, sum_i p_i with p_i^l = ||z_i^l||^2 per
+    layer), centred exactly in float64 (``moments_from_sums``): memory independent of n. Needs n >= 4.
+  * orthogonal Procrustes similarity = ||C_xy||_* / sqrt(tr C_xx tr C_yy) (nuclear norm: the largest
+    <X_c, Y_c R> over orthogonal R, of the Frobenius-normalised centred layers; in [0, 1]; Ding et al.
+    2021's distance is 2 - 2 x this).
 
 The float64 oracle is ``transfusion.ops.reference_cca`` (QR/SVD on the full data).
 Differences to google/svcca's ``cca_core.get_cca_similarity``: (n, neurons) layout by default
@@ -56,17 +67,20 @@ AUTO_TARGET = _precision.AUTO_TARGET
 # below one datapoint per neuron).
 MIN_DATAPOINTS_PER_NEURON = 10
 LAYOUTS = ("datapoints_first", "neurons_first")
-METHODS = ("svcca", "cca", "pwcca", "cka")
+METHODS = ("svcca", "cca", "pwcca", "cka", "procrustes")
+# methods whose result is one number with no canonical correlations (kept = the layers' widths)
+_WHOLE_LAYER = ("cka", "procrustes")
 
 
 @dataclass
 class SimilarityResult:
     """One similarity between two layers.
 
-    method: "svcca" | "cca" | "pwcca" | "cka"; mean: the similarity (mean canonical correlation;
-    for pwcca the projection-weighted mean; for cka the CKA value); coefficients: canonical
-    correlations, descending, float64 on the CPU (empty for cka); kept: directions kept per side
-    (cka: the widths); n: datapoints; dtype: the dtype of the Gram pass; weights: pwcca's alphas;
+    method: "svcca" | "cca" | "pwcca" | "cka" | "procrustes"; mean: the similarity (mean canonical
+    correlation; for pwcca the projection-weighted mean; for cka / procrustes their value);
+    coefficients: canonical correlations, descending, float64 on the CPU (empty for cka and
+    procrustes); kept: directions kept per side (cka, procrustes: the widths); n: datapoints;
+    dtype: the dtype of the Gram pass; debiased: cka from the unbiased HSIC; weights: pwcca's alphas;
     dropped: constant (dead) neurons left out, per side; few_datapoints: fewer than 10 datapoints
     per neuron (the value is biased towards 1); error_estimate: for a float32 Gram pass, the
     modelled rounding error of ``mean`` (4 standard deviations).
@@ -88,6 +102,8 @@ class SimilarityResult:
     few_datapoints: bool = False
     # float32 Gram pass only: modelled rounding error of ``mean`` (transfusion.ops.precision)
     error_estimate: float | None = None
+    # cka only: from the unbiased HSIC estimator (Song et al. 2012), not the biased one
+    debiased: bool = False
 
     def __float__(self) -> float:
         return float(self.mean)
@@ -97,7 +113,7 @@ class SimilarityResult:
         shown = ", ".join(f"{v:.4f}" for v in (c if len(c) <= 6 else c[:3] + c[-2:]))
         if len(c) > 6:
             shown = shown.rsplit(", ", 2)[0] + ", ..., " + ", ".join(f"{v:.4f}" for v in c[-2:])
-        extra = ""
+        extra = ", debiased=True" if self.debiased else ""
         if any(self.dropped):
             extra += f", dropped=({len(self.dropped[0])}, {len(self.dropped[1])})"
         if self.few_datapoints:
@@ -114,6 +130,7 @@ class SimilarityResult:
             "weights": None if self.weights is None else [float(v) for v in self.weights.tolist()],
             "dropped": [list(self.dropped[0]), list(self.dropped[1])],
             "few_datapoints": bool(self.few_datapoints), "error_estimate": self.error_estimate,
+            "debiased": bool(self.debiased),
         }
 
     def to_json(self, indent: int | None = None) -> str:
@@ -128,7 +145,7 @@ class SimilarityResult:
                    weights=None if d.get("weights") is None else torch.tensor(d["weights"], dtype=torch.float64),
                    dropped=tuple(tuple(int(i) for i in side) for side in d.get("dropped", ((), ()))),
                    few_datapoints=bool(d.get("few_datapoints", False)),
-                   error_estimate=d.get("error_estimate"))
+                   error_estimate=d.get("error_estimate"), debiased=bool(d.get("debiased", False)))
 
 
 @dataclass
@@ -146,6 +163,12 @@ class Moments:
     # float32 Gram pass only: (a+b, a+b) variance bound of each Gram entry's rounding error,
     # [x, y] order (transfusion.ops.precision.entry_variance)
     entry_var: torch.Tensor | None = None
+    # debiased CKA: (2, 2) sums over datapoints of products of the centred rows' squared norms,
+    # [[sum ||x_i||^4, sum ||x_i||^2 ||y_i||^2], [.., sum ||y_i||^4]]; and the means of the shifted
+    # data (mean - shift) they were centred with (their Gram term's gradient, for the error model)
+    row_norms: torch.Tensor | None = None
+    offset_x: torch.Tensor | None = None
+    offset_y: torch.Tensor | None = None
 
     def variance_blocks(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(var_xx, var_yy, var_xy) of ``entry_var``."""
@@ -156,9 +179,12 @@ class Moments:
 
 def moments_from_sums(n: int, shift: torch.Tensor, colsum: torch.Tensor, gram: torch.Tensor,
                       sx: slice, sy: slice, dtype: str, input_dtype: str = "float64",
-                      entry_var: torch.Tensor | None = None) -> Moments:
+                      entry_var: torch.Tensor | None = None,
+                      rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> Moments:
     """Centre the shifted sums of a joint Gram for the columns sx (x side) and sy (y side);
-    ``entry_var``: the rounding model's entry variances of the whole joint Gram (float32 only)."""
+    ``entry_var``: the rounding model's entry variances of the whole joint Gram (float32 only);
+    ``rows``: ``row_norm_sums`` of the x and y layers only ((2, 2), (2, W), (2,), W the joint
+    Gram's width), for debiased CKA."""
     def block(a: slice, b: slice) -> torch.Tensor:
         return gram[a, b] - torch.outer(colsum[a], colsum[b]) / n
 
@@ -169,8 +195,57 @@ def moments_from_sums(n: int, shift: torch.Tensor, colsum: torch.Tensor, gram: t
         cols = torch.cat([torch.arange(sx.start, sx.stop), torch.arange(sy.start, sy.stop)])
         cols = cols.to(entry_var.device)
         var = entry_var[cols][:, cols]
-    return Moments(n, mean[sx], mean[sy], (cxx + cxx.T) / 2, (cyy + cyy.T) / 2, block(sx, sy), dtype,
-                   input_dtype, var)
+    m = Moments(n, mean[sx], mean[sy], (cxx + cxx.T) / 2, (cyy + cyy.T) / 2, block(sx, sy), dtype,
+                input_dtype, var)
+    if rows is not None:
+        m.row_norms = _centred_row_norms(n, colsum, gram, sx, sy, *rows)
+        m.offset_x, m.offset_y = colsum[sx] / n, colsum[sy] / n
+    return m
+
+
+def _centred_row_norms(n: int, colsum: torch.Tensor, gram: torch.Tensor, sx: slice, sy: slice,
+                       products: torch.Tensor, sums: torch.Tensor, totals: torch.Tensor) -> torch.Tensor:
+    """(2, 2) sum_i ||x_i - mx||^2 ||y_i - my||^2 (and x-x, y-y) from the shifted sums, exactly.
+
+    With z_i the shifted rows, p_i = ||z_i^x||^2, q_i = ||z_i^y||^2, m, w the shifted means and
+    M = ||m||^2, N = ||w||^2, the centred squared norm is p_i - 2 m.z_i^x + M, so
+    sum_i (p_i - 2 m.z^x_i + M)(q_i - 2 w.z^y_i + N) = sum p q - 2 w.(sum p z^y) - 2 m.(sum q z^x)
+    + 4 m^T G_xy w + N sum p + M sum q - 3 n M N (using sum z^x = n m, sum z^y = n w)."""
+    spans = (sx, sy)
+    means = [colsum[s] / n for s in spans]
+    out = products.new_zeros(2, 2)
+    for i in range(2):
+        for j in range(i, 2):
+            mi, mj = means[i], means[j]
+            big_m, big_n = mi @ mi, mj @ mj
+            d = (products[i, j] - 2 * (mj @ sums[i, spans[j]]) - 2 * (mi @ sums[j, spans[i]])
+                 + 4 * (mi @ gram[spans[i], spans[j]] @ mj) + big_n * totals[i] + big_m * totals[j]
+                 - 3 * n * big_m * big_n)
+            out[i, j] = out[j, i] = d
+    return out
+
+
+def row_norm_sums(xs: Sequence[torch.Tensor], shift: torch.Tensor,
+                  chunk_rows: int = _gram.DEFAULT_CHUNK_ROWS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Float64 sums over the rows of the shifted concatenation z = [x_1 .. x_k] - shift of the
+    per-datapoint squared norms p_i^l = ||z_i^l||^2 of each layer l: (sum_i p_i p_i^T (k, k),
+    sum_i p_i z_i^T (k, W), sum_i p_i (k,)). What debiased CKA needs beyond the Gram; O(n W k)
+    float64 work (no (W, W) GEMM), chunk by chunk so memory stays chunk_rows x W."""
+    widths = [x.shape[1] for x in xs]
+    offsets = [sum(widths[:i]) for i in range(len(xs))]
+    n, k, dev = xs[0].shape[0], len(xs), xs[0].device
+    shift = shift.to(device=dev, dtype=torch.float64)
+    products = torch.zeros(k, k, dtype=torch.float64, device=dev)
+    sums = torch.zeros(k, sum(widths), dtype=torch.float64, device=dev)
+    totals = torch.zeros(k, dtype=torch.float64, device=dev)
+    chunk = max(1, min(int(chunk_rows), int(n)))
+    for r0 in range(0, n, chunk):
+        z = torch.cat([x[r0:r0 + chunk].to(torch.float64) for x in xs], 1) - shift
+        p = torch.stack([z[:, o:o + w].square().sum(1) for o, w in zip(offsets, widths)], 1)
+        products += p.T @ p
+        sums += p.T @ z
+        totals += p.sum(0)
+    return products, sums, totals
 
 
 # ---- inputs ---------------------------------------------------------------------------------------
@@ -250,9 +325,11 @@ def _input_dtype(xs: Sequence[torch.Tensor]) -> str:
 
 
 def pair_moments(x: torch.Tensor, y: torch.Tensor, chunk_rows: int = _gram.DEFAULT_CHUNK_ROWS,
-                 precision: str = "auto", use_kernel: bool | None = None) -> Moments:
+                 precision: str = "auto", use_kernel: bool | None = None,
+                 row_norms: bool = False) -> Moments:
     """One Gram pass over [x, y] -> centred float64 moments (GEMMs in float32 unless
-    precision="float64" or an input is float64)."""
+    precision="float64" or an input is float64); ``row_norms``: also the centred row-norm products
+    debiased CKA needs (``row_norm_sums``, float64)."""
     dt = _gram.compute_dtype([x, y], precision)
     xs = [rescale_layer(x, dt), rescale_layer(y, dt)]
     shift = _gram.first_chunk_shift(xs, chunk_rows, dt)
@@ -267,8 +344,11 @@ def pair_moments(x: torch.Tensor, y: torch.Tensor, chunk_rows: int = _gram.DEFAU
         rows = _gram.chunk_lengths(x.shape[0], chunk_rows)
         var = (_precision.entry_variance(chunk_sq, rows)
                + _precision.entry_bias(gram, rows) ** 2)
+    row_sums = row_norm_sums(xs, shift, chunk_rows) if row_norms else None
+    if row_sums is not None:
+        row_sums = tuple(t.to(gram.device) for t in row_sums)
     return moments_from_sums(x.shape[0], shift.to(gram.device), colsum, gram, sx, sy, dtype,
-                             _input_dtype([x, y]), var)
+                             _input_dtype([x, y]), var, row_sums)
 
 
 # ---- finalisation ---------------------------------------------------------------------------------
@@ -410,7 +490,9 @@ def _rounding_error(m: Moments, sx: _Side, sy: _Side, kr_x: tuple[int, int], kr_
     return _precision.cca_mean_error(var_xx, var_yy, var_xy, wx, wy, u, rho, v, trunc)
 
 
-def _cka(m: Moments) -> SimilarityResult:
+def _cka(m: Moments, debiased: bool = False) -> SimilarityResult:
+    if debiased:
+        return _debiased_cka(m)
     den = torch.linalg.matrix_norm(m.cxx) * torch.linalg.matrix_norm(m.cyy)
     val = float(torch.linalg.matrix_norm(m.cxy) ** 2 / den) if den > 0 else 0.0
     error = None
@@ -420,13 +502,102 @@ def _cka(m: Moments) -> SimilarityResult:
                             (m.cxx.shape[0], m.cyy.shape[0]), m.n, m.dtype, error_estimate=error)
 
 
+def _debiased_cka(m: Moments) -> SimilarityResult:
+    """CKA from the unbiased HSIC (module docstring); n(n-3) HSIC_1 is what is computed (the factor
+    cancels). HSIC_1(K, K) is a squared norm (of K's U-centred form), so the value is in [-1, 1]."""
+    n = m.n
+    if n < 4:
+        raise InputError(f"debiased CKA needs at least 4 datapoints (the unbiased HSIC divides by "
+                         f"n - 3), got {n}")
+    if m.row_norms is None:
+        raise InputError("debiased CKA needs the per-datapoint row norms, which these moments lack")
+    c1, c2 = n / (n - 2), 1.0 / ((n - 1) * (n - 2))
+    tx, ty = torch.trace(m.cxx), torch.trace(m.cyy)
+    d = m.row_norms
+    hxy = (m.cxy**2).sum() - c1 * d[0, 1] + c2 * tx * ty
+    hxx = (m.cxx**2).sum() - c1 * d[0, 0] + c2 * tx * tx
+    hyy = (m.cyy**2).sum() - c1 * d[1, 1] + c2 * ty * ty
+    val, error = 0.0, None
+    if hxx > 0 and hyy > 0:
+        val = float(hxy / torch.sqrt(hxx * hyy))
+        if m.dtype == "float32" and m.entry_var is not None:
+            error = _debiased_cka_error(m, c1, c2, tx, ty, hxy, hxx, hyy)
+    elif m.dtype == "float32" and m.entry_var is not None:
+        error = 0.0
+    return SimilarityResult("cka", min(max(val, -1.0), 1.0), torch.zeros(0, dtype=torch.float64),
+                            (m.cxx.shape[0], m.cyy.shape[0]), m.n, m.dtype, error_estimate=error,
+                            debiased=True)
+
+
+def _debiased_cka_error(m: Moments, c1: float, c2: float, tx: torch.Tensor, ty: torch.Tensor,
+                        hxy: torch.Tensor, hxx: torch.Tensor, hyy: torch.Tensor) -> float:
+    """SIGMAS standard deviations of the rounding model's error of debiased CKA: its explicit
+    gradient in the centred Gram blocks (the row-norm sums are float64; the Gram enters the
+    centred row-norm products only through 4 m^T G_xy w), as ``precision.cka_error`` does for
+    the biased value."""
+    var_xx, var_yy, var_xy = m.variance_blocks()
+    mx, my = m.offset_x, m.offset_y
+    s = torch.sqrt(hxx * hyy)
+    f = hxy / s
+    eye_x = torch.eye(m.cxx.shape[0], dtype=m.cxx.dtype, device=m.cxx.device)
+    eye_y = torch.eye(m.cyy.shape[0], dtype=m.cyy.dtype, device=m.cyy.device)
+    gxy = (2 * m.cxy - 4 * c1 * torch.outer(mx, my)) / s
+    gxx = c2 * ty * eye_x / s - f / (2 * hxx) * (2 * m.cxx - 4 * c1 * torch.outer(mx, mx) + 2 * c2 * tx * eye_x)
+    gyy = c2 * tx * eye_y / s - f / (2 * hyy) * (2 * m.cyy - 4 * c1 * torch.outer(my, my) + 2 * c2 * ty * eye_y)
+    var = (_precision._variance(gxy, var_xy) + 2 * _precision._variance(gxx, var_xx)
+           + 2 * _precision._variance(gyy, var_yy))
+    return _precision.SIGMAS * float(torch.sqrt(var.clamp_min(0)))
+
+
+def _procrustes(m: Moments) -> SimilarityResult:
+    """||C_xy||_* / sqrt(tr C_xx tr C_yy) (module docstring)."""
+    tx, ty = torch.trace(m.cxx).clamp_min(0), torch.trace(m.cyy).clamp_min(0)
+    den = torch.sqrt(tx * ty)
+    val, error = 0.0, None
+    float32 = m.dtype == "float32" and m.entry_var is not None
+    if den > 0:
+        u, s, vh = torch.linalg.svd(m.cxy, full_matrices=False)
+        val = float(s.sum() / den)
+        if float32:
+            error = _procrustes_error(m, u, s, vh, tx, ty, den, val)
+    elif float32:
+        error = 0.0
+    return SimilarityResult("procrustes", min(max(val, 0.0), 1.0), torch.zeros(0, dtype=torch.float64),
+                            (m.cxx.shape[0], m.cyy.shape[0]), m.n, m.dtype, error_estimate=error)
+
+
+def _procrustes_error(m: Moments, u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, tx: torch.Tensor,
+                      ty: torch.Tensor, den: torch.Tensor, val: float) -> float:
+    """The rounding model's error of the Procrustes similarity. First order, as for CCA's sum of
+    singular values: d sigma_i = u_i^T E_xy v_i, d tr C = tr E. A singular value within the noise
+    (below ``noise`` = SIGMAS sqrt(sum var_xy), a bound on ||E_xy||_F >= ||E_xy||_2) is not
+    differentiable there, so instead of its gradient it gets Weyl's bound |d sigma_i| <= ||E_xy||_2,
+    added in full."""
+    var_xx, var_yy, var_xy = m.variance_blocks()
+    noise = _precision.SIGMAS * torch.sqrt(var_xy.sum().clamp_min(0))
+    big = s > noise
+    gxy = (u[:, big] @ vh[big]) / den
+    dx, dy = torch.diagonal(var_xx), torch.diagonal(var_yy)
+    # the traces' gradients are -val / (2 tr) on the diagonals
+    var = (_precision._variance(gxy, var_xy) + 2 * (val / (2 * tx))**2 * dx.sum()
+           + 2 * (val / (2 * ty))**2 * dy.sum())
+    small = int((~big).sum())
+    return (_precision.SIGMAS * float(torch.sqrt(var.clamp_min(0)))
+            + small * float(noise / den))
+
+
 def finalise_many(method: str, moments: list[Moments], keep: float | None = 0.99,
-                  rtol: float = DEFAULT_RTOL) -> list[SimilarityResult]:
-    """Similarity results from moments; the eigendecompositions of equal-width sides are batched."""
+                  rtol: float = DEFAULT_RTOL, debiased: bool = False) -> list[SimilarityResult]:
+    """Similarity results from moments; the eigendecompositions of equal-width sides are batched.
+    ``debiased`` (cka only): the unbiased HSIC, from the moments' ``row_norms``."""
     if method not in METHODS:
         raise InputError(f"method must be one of {METHODS}, got {method!r}")
+    if debiased and method != "cka":
+        raise InputError(f"debiased=True is for method='cka', got method={method!r}")
     if method == "cka":
-        results = [_cka(m) for m in moments]
+        results = [_cka(m, debiased) for m in moments]
+    elif method == "procrustes":
+        results = [_procrustes(m) for m in moments]
     else:
         svd_keep = keep if method == "svcca" else None
         standardise = method != "svcca"
@@ -440,7 +611,9 @@ def finalise_many(method: str, moments: list[Moments], keep: float | None = 0.99
         results = [_solve(method, m, sides[2 * i], sides[2 * i + 1], svd_keep, rtol)
                    for i, m in enumerate(moments)]
     for m, r in zip(moments, results):
-        r.few_datapoints = m.n < MIN_DATAPOINTS_PER_NEURON * max(m.cxx.shape[0], m.cyy.shape[0])
+        # debiased CKA removes the bias towards 1 that few datapoints give (its point)
+        r.few_datapoints = (not r.debiased
+                            and m.n < MIN_DATAPOINTS_PER_NEURON * max(m.cxx.shape[0], m.cyy.shape[0]))
     return results
 
 
@@ -454,9 +627,11 @@ def warn_about(results: Sequence[SimilarityResult], where: str = "") -> None:
                           f"{'; '.join(sides)}; their indices are in result.dropped",
                           RuntimeWarning, stacklevel=3)
         if r.few_datapoints:
-            widest = max(r.kept) if r.method == "cka" else None
+            widest = max(r.kept) if r.method in _WHOLE_LAYER else None
             need = MIN_DATAPOINTS_PER_NEURON * (widest or max(r.n, 1))
-            exact = " (exactly 1 when n <= neurons)" if r.method != "cka" else ""
+            exact = " (exactly 1 when n <= neurons)" if r.method not in _WHOLE_LAYER else ""
+            if r.method == "cka":
+                exact = " (cka(..., debiased=True) is not)"
             warnings.warn(f"{r.method}{where}: {r.n} datapoints is fewer than "
                           f"{MIN_DATAPOINTS_PER_NEURON} per neuron, so the value is biased towards "
                           f"1{exact}; use at least {need if widest else 'ten times the wider layer'} "
@@ -479,7 +654,8 @@ def _gemm_precision(method: str, precision: str, x: torch.Tensor, y: torch.Tenso
 
 
 def _run(method: str, x: Any, y: Any, keep: float | None, rtol: float, layout: str,
-         chunk_rows: int, precision: str) -> SimilarityResult | list[SimilarityResult]:
+         chunk_rows: int, precision: str,
+         debiased: bool = False) -> SimilarityResult | list[SimilarityResult]:
     if keep is not None and not 0.0 < keep <= 1.0:
         raise InputError(f"keep must be in (0, 1] (fraction of variance kept), got {keep}")
     if not rtol >= 0 or math.isinf(rtol):
@@ -491,18 +667,23 @@ def _run(method: str, x: Any, y: Any, keep: float | None, rtol: float, layout: s
         raise InputError(f"precision must be one of {_gram.PRECISIONS}, got {precision!r}")
     pairs = [_prepare(xi, yi, layout) for xi, yi in (zip(x, y) if batched else [(x, y)])]
     chosen = [_gemm_precision(method, precision, xt, yt) for xt, yt in pairs]
-    moments = [pair_moments(xt, yt, chunk_rows, p) for (xt, yt), p in zip(pairs, chosen)]
+    if debiased:
+        few = [xt.shape[0] for xt, _ in pairs if xt.shape[0] < 4]
+        if few:
+            raise InputError(f"debiased CKA needs at least 4 datapoints (the unbiased HSIC divides "
+                             f"by n - 3), got {few[0]}")
+    moments = [pair_moments(xt, yt, chunk_rows, p, row_norms=debiased) for (xt, yt), p in zip(pairs, chosen)]
     with _small_linalg_threads(moments[0].cxx.device):
-        results = finalise_many(method, moments, keep, rtol)
+        results = finalise_many(method, moments, keep, rtol, debiased)
     # precision="auto" with a float32 pass: redo in float64 where the rounding model does not put
     # the mean within AUTO_TARGET of the float64 result.
     redo = [i for i, (p, r) in enumerate(zip(chosen, results))
             if p == "auto" and r.dtype == "float32"
             and (r.error_estimate is None or not r.error_estimate <= AUTO_TARGET)]
     if redo:
-        exact_moments = [pair_moments(*pairs[i], chunk_rows, "float64") for i in redo]
+        exact_moments = [pair_moments(*pairs[i], chunk_rows, "float64", row_norms=debiased) for i in redo]
         with _small_linalg_threads(exact_moments[0].cxx.device):
-            exact = finalise_many(method, exact_moments, keep, rtol)
+            exact = finalise_many(method, exact_moments, keep, rtol, debiased)
         for i, r in zip(redo, exact):
             results[i] = r
     warn_about(results)
@@ -543,7 +724,23 @@ def pwcca(x: Any, y: Any, *, rtol: float = DEFAULT_RTOL, layout: str = "datapoin
 
 
 @torch.compiler.disable
-def cka(x: Any, y: Any, *, layout: str = "datapoints_first",
+def cka(x: Any, y: Any, *, debiased: bool = False, layout: str = "datapoints_first",
         chunk_rows: int = _gram.DEFAULT_CHUNK_ROWS, precision: str = "auto"):
-    """Linear CKA (Kornblith et al. 2019) of x (n, a) and y (n, b); see ``svcca``."""
-    return _run("cka", x, y, None, DEFAULT_RTOL, layout, chunk_rows, precision)
+    """Linear CKA (Kornblith et al. 2019) of x (n, a) and y (n, b); see ``svcca``.
+
+    ``debiased=True``: from the unbiased HSIC estimator (Song et al. 2012), as Kornblith's
+    ``feature_space_linear_cka(..., debiased=True)``: near 0 for independent layers even with few
+    datapoints (the biased value drifts towards 1 there); in [-1, 1]; needs n >= 4. Same single
+    pass, plus O(n (a + b)) float64 work for the per-datapoint row norms."""
+    return _run("cka", x, y, None, DEFAULT_RTOL, layout, chunk_rows, precision, debiased=debiased)
+
+
+@torch.compiler.disable
+def procrustes(x: Any, y: Any, *, layout: str = "datapoints_first",
+               chunk_rows: int = _gram.DEFAULT_CHUNK_ROWS, precision: str = "auto"):
+    """Orthogonal Procrustes similarity of x (n, a) and y (n, b): ||X_c^T Y_c||_* /
+    (||X_c||_F ||Y_c||_F) with X_c, Y_c the centred layers, i.e. max over orthogonal R of
+    <X_c R, Y_c> after scaling both to unit Frobenius norm; in [0, 1], invariant to orthogonal
+    transforms, isotropic scaling and offsets of either layer. Ding et al. (2021)'s Procrustes
+    distance is 2 - 2 x this. See ``svcca`` for the arguments."""
+    return _run("procrustes", x, y, None, DEFAULT_RTOL, layout, chunk_rows, precision)
