@@ -111,6 +111,22 @@ def test_compare_prints_per_layer_similarity(space):
     assert result.exit_code == 0, result.output
     lines = [l for l in result.output.splitlines() if l.startswith("cbr")]
     assert len(lines) == 4 and all(l.split()[1] == "1.000" for l in lines)
+    # the cross-layer map: every stage against every stage, a unit diagonal for one model
+    from transfusion.analysis.similarity import cross_layer_map, eval_batches, load_checkpoint_model
+    from transfusion.data import load_dataset
+
+    heat = common.Path(space["out"]) / "map.png"
+    result = CliRunner().invoke(app, ["compare", str(runs[0]), str(runs[0]), "--images", "16",
+                                      "--image-size", "32", "--pool", "2", "--cache", space["cache"],
+                                      "--map", str(heat)])
+    assert result.exit_code == 0, result.output
+    assert heat.read_bytes()[:4] == b"\x89PNG" and "cross-layer CKA map" in result.output
+    model, _ = load_checkpoint_model(runs[0])
+    roots = sorted(common.Path(space["cache"]).glob("fundus-*"))
+    ds = load_dataset("eyepacs", roots[0], "test", image_size=32, augment=False)
+    m = cross_layer_map(model, model, eval_batches(ds, 16), pool=2)
+    assert m.rows == m.cols == list(model.stage_names)
+    torch.testing.assert_close(torch.diagonal(m.values), torch.ones(4, dtype=torch.float64))
 
 
 def test_interrupted_experiment_resumes_without_redoing_finished_runs(space, monkeypatch):

@@ -42,12 +42,15 @@ def eval_batches(dataset, n_images: int, batch_size: int = 32):
 
 def collect_statistics(models: dict[str, nn.Module], batches: Iterable[torch.Tensor], *,
                        pool: int = DEFAULT_POOL, device: str | torch.device = "cpu",
-                       stages: dict[str, Iterable[str]] | None = None):
+                       stages: dict[str, Iterable[str]] | None = None, cross_layer: bool = False):
     """One pass: every stage of every model (keys '<name>/<stage>') into one CCAStatistics.
 
     Layers are grouped by stage name (the same stage of every model in one group), so any two
     models can be compared at any stage they share; memory is the sum over stages of
     (sum of that stage's widths over the models)^2 float64 values, independent of the image count.
+    ``cross_layer=True`` puts every stage of every model in ONE group instead, so any stage can be
+    compared with any other (the cross-layer map): memory (sum of all widths)^2 float64 values.
+    Every stage is pooled to ``pool`` x ``pool`` positions per image, so all rows match.
     """
     from transfusion.ops import CCAStatistics
 
@@ -55,7 +58,7 @@ def collect_statistics(models: dict[str, nn.Module], batches: Iterable[torch.Ten
     groups: dict[str, list[str]] = {}
     for name, names in chosen.items():
         for stage in names:
-            groups.setdefault(stage, []).append(layer_key(name, stage))
+            groups.setdefault("all" if cross_layer else stage, []).append(layer_key(name, stage))
     stats = CCAStatistics(groups=groups)
     n_images = 0
     recorders = []
@@ -104,6 +107,20 @@ def pair_similarity(stats, key_a: str, key_b: str, methods: Iterable[str] = METH
             row[m] = float("nan")
             row[f"{m}_error"] = str(e)
     return row
+
+
+def cross_layer_map(model_a: nn.Module, model_b: nn.Module, batches, *, pool: int = DEFAULT_POOL,
+                    device="cpu", method: str = "cka"):
+    """Every stage of ``model_a`` against every stage of ``model_b`` (a SimilarityMatrix whose
+    rows and columns are stage names), from one pass over ``batches``."""
+    from transfusion.ops import similarity_matrix_from
+
+    stats = collect_statistics({"a": model_a, "b": model_b}, batches, pool=pool, device=device,
+                               cross_layer=True)
+    matrix = similarity_matrix_from(stats, [layer_key("a", s) for s in model_a.stage_names],
+                                    [layer_key("b", s) for s in model_b.stage_names], method)
+    matrix.rows, matrix.cols = list(model_a.stage_names), list(model_b.stage_names)
+    return matrix
 
 
 def compare_models(models: dict[str, nn.Module], pairs: list[tuple[str, str]], batches, *,

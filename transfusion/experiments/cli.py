@@ -156,6 +156,8 @@ def compare(
     pool: int = typer.Option(4, help="Conv outputs are average-pooled to pool x pool positions."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     cache: str = typer.Option("data-cache", help="Synthetic data cache."),
+    heatmap: Optional[Path] = typer.Option(None, "--map", help="Also draw the cross-layer CKA map "
+                                           "(every stage of A against every stage of B) to this PNG."),
 ) -> None:
     """Print the per-layer SVCCA and linear CKA between two checkpoints (one pass over the data),
     and, when both are the same architecture, each stage's relative weight distance ||w_B - w_A|| /
@@ -168,6 +170,10 @@ def compare(
     from transfusion.validation import check_model_input, check_options
 
     check_options(image_size=image_size, device=device, images=images, pool=pool)
+    if heatmap is not None:
+        from transfusion.validation import check_writable_file
+
+        check_writable_file("--map", heatmap)
     a, ha = load_checkpoint_model(ckpt_a)
     b, hb = load_checkpoint_model(ckpt_b)
     if ha.get("in_channels", 3) != hb.get("in_channels", 3):
@@ -198,3 +204,12 @@ def compare(
     for r in rows:
         w = f"{dist[r['layer']]:>8.3f}" if dist is not None else ""
         typer.echo(f"{r['layer']:<16}{r['svcca']:>8.3f}{r['cka']:>8.3f}{w}")
+    if heatmap is not None:
+        from transfusion.analysis.similarity import cross_layer_map
+        from transfusion.report.figures import similarity_heatmap
+
+        m = cross_layer_map(a, b, eval_batches(ds, images), pool=pool, device=device)
+        similarity_heatmap(m.values, m.rows, m.cols, heatmap, row_label=f"A: {ckpt_a.name}",
+                           col_label=f"B: {ckpt_b.name}", value_label="linear CKA",
+                           title=f"cross-layer CKA ({m.n} datapoints: {images} images x {pool}x{pool})")
+        typer.echo(f"cross-layer CKA map: {heatmap}")
