@@ -64,6 +64,7 @@ def test_layer_change(space):
     assert {r["layer"] for r in rows} == {"cbr1", "cbr2", "cbr3", "cbr4"}
     _png(out / "cca_init_final.png")
     _png(out / "conv1_filters_cbr_tiny.png")
+    _png(out / "cross_layer_cbr_tiny_transfer.png")  # the cross-layer CKA map
     for r in json.loads((out / "plan.json").read_text())["runs"]:
         assert (common.Path(space["runs"]) / r["run_id"] / "similarity.json").is_file()
 

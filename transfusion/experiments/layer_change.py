@@ -13,6 +13,7 @@ from transfusion.experiments.common import base_row, load_plan_runs, setup_text,
 from transfusion.experiments import claims
 from transfusion.report import document, figures, tables
 from transfusion.train.run_folder import RunFolder
+from transfusion.utils import atomic_write_json
 
 NAME = "layer-change"
 TITLE = "Layer change during training: CCA(init, final) per layer (paper Figs. 3, 5)"
@@ -20,6 +21,7 @@ QUESTION = ("Which layers change most during training, from random init and from
             "conv1 filters keep their pretrained shape?")
 WRITES = ("runs/<run_id>/similarity.json (per-layer CCA(step 0, final)), results.csv (one row per "
           "model, init and layer), cca_init_final.png (Fig. 3), conv1_filters_<model>.png (Fig. 5), "
+          "cross_layer_<model>_<init>.png (every stage at step 0 against every stage at the end), "
           "report.md")
 INITS = ("random", "transfer")
 
@@ -30,14 +32,25 @@ def plan(cfg, make) -> list:
 
 
 def analyse(cfg, planned, runs_dir: Path, ctx) -> None:
-    from transfusion.analysis.similarity import init_vs_final
+    from transfusion.analysis.similarity import cross_layer_map, init_vs_final, load_checkpoint_model
 
     for p in planned:
         run_dir = Path(runs_dir) / p.run_id
-        if RunFolder(run_dir).similarity.is_file():
+        if not RunFolder(run_dir).similarity.is_file():
+            init_vs_final(ctx.step0_checkpoint(run_dir), ctx.final_checkpoint(run_dir), ctx.eval_batches(),
+                          out=RunFolder(run_dir).similarity, pool=cfg.pool, device=ctx.device)
+        # the cross-layer map (every stage at step 0 against every stage at the end), first seed
+        out = cfg.out_dir / _map_name(p.role, "json")
+        if p.role["seed"] != cfg.seeds[0] or (out.is_file() and json.loads(out.read_text()).get("run_id") == p.run_id):
             continue
-        init_vs_final(ctx.step0_checkpoint(run_dir), ctx.final_checkpoint(run_dir), ctx.eval_batches(),
-                      out=RunFolder(run_dir).similarity, pool=cfg.pool, device=ctx.device)
+        m = cross_layer_map(load_checkpoint_model(ctx.step0_checkpoint(run_dir))[0],
+                            load_checkpoint_model(ctx.final_checkpoint(run_dir))[0], ctx.eval_batches(),
+                            pool=cfg.pool, device=ctx.device)
+        atomic_write_json(out, {"run_id": p.run_id, **m.to_dict()})
+
+
+def _map_name(role: dict, ext: str) -> str:
+    return f"cross_layer_{role['model']}_{role['init']}.{ext}"
 
 
 def _checkpoint(run_dir: Path, which: str) -> Path | None:
@@ -100,6 +113,17 @@ def report(plan_doc: dict, runs_dir: Path, out_dir: Path) -> Path:
                 w = conv1_weights(Path(runs_dir) / r["run_id"], which)
                 if w is not None:
                     panels[f"{r['role']['init']}: {when} training"] = w
+        for i in INITS:
+            src = Path(out_dir) / _map_name({"model": m, "init": i}, "json")
+            if src.is_file():
+                doc = json.loads(src.read_text())
+                name = _map_name({"model": m, "init": i}, "png")
+                figures.similarity_heatmap(doc["values"], doc["rows"], doc["cols"], Path(out_dir) / name,
+                                           row_label="stage at step 0", col_label="stage at the end",
+                                           value_label="linear CKA",
+                                           title=f"{m} {i}, seed {cfg['seeds'][0]}: CKA(step 0, end)")
+                figs.append((f"{m}, {i}: every stage at step 0 against every stage at the end "
+                             f"(linear CKA; the diagonal is Fig. 3's curve)", name))
         if panels:
             name = f"conv1_filters_{m}.png"
             figures.filter_grids(panels, out_dir / name, title=f"Fig. 5: {m} conv1 filters")
