@@ -64,3 +64,22 @@ def test_demo_resnet_speed_experiments_share_longer_runs_pretraining_and_their_t
     perf = make_config("performance", preset="demo")
     assert (perf.steps, perf.threshold) == (200, 0.85)
     assert make_config("weight-transfusion", preset="demo", steps=300, threshold=0.7).threshold == 0.7
+
+
+def test_snapshots_from_the_preset_reach_every_run_spec():
+    """micro and demo runs keep model snapshots (feature-reuse's similarity over time); paper runs
+    and pretraining runs do not, and a spec without them keeps its old run_id."""
+    from transfusion.experiments.config import make_config, snapshot_every
+    from transfusion.experiments.engine import training_spec
+
+    assert make_config("performance", preset="micro").snapshot_every == 2
+    assert make_config("performance", preset="demo").snapshot_every == 50
+    assert make_config("mean-var", preset="demo").snapshot_every == 200  # its 800 steps
+    assert make_config("performance", preset="demo", snapshots=0).snapshot_every == 0
+    assert [snapshot_every(10, 4), snapshot_every(3, 5), snapshot_every(100, 0)] == [3, 1, 0]
+    kw = dict(model="cbr_tiny", task="retina", data={"dataset": "eyepacs", "root": "/x"},
+              init="random", seed=0, steps=4, eval_every=2, image_size=32, batch_size=4)
+    assert training_spec(**kw).run_id == "cbr_tiny-random-s0-734b8685ee"  # as before snapshots
+    assert training_spec(**kw, snapshot_every=2).overrides["snapshot_every"] == 2
+    with pytest.raises(ConfigError, match="snapshots"):
+        make_config("performance", preset="micro", snapshots=-1)

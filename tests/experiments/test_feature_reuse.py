@@ -164,3 +164,46 @@ def test_claims_from_rows():
     assert found["feature reuse concentrates in the lowest layers"]["verdict"] == "supported"
     big = found["large models move less than small ones"]
     assert big["verdict"] == "supported" and big["effect"] > 0 and "cbr_tiny" in big["criterion"]
+
+
+def test_similarity_over_time(done):
+    """Snapshots of the performance runs (micro: every 2 of 4 steps, kept after the end) -> CKA per
+    stage and step to the end and to step 0, and random vs transfer at matched steps."""
+    out, runs = done["out"], done["runs"]
+    for rid in {r["run_id"] for r in done["rows"]}:
+        ck = runs / rid / "checkpoints"
+        assert sorted(p.name for p in ck.iterdir()) == ["step0.pt", "step2.pt", "step4.pt"]
+    rows = read_csv(out / "similarity_over_time.csv")
+    assert list(rows[0])[:8] == ["run_id", "model", "init", "seed", "layer", "step", "cka_to_end",
+                                 "cka_to_step0"]
+    stages = [f"cbr{k}" for k in (1, 2, 3, 4)]
+    assert {(r["init"], r["layer"], r["step"]) for r in rows} == {
+        (i, s, t) for i in ("random", "transfer") for s in stages for t in (0, 2, 4)}
+    final_cka = {(r["run_id"], r["layer"]): r["cka"] for r in done["rows"]}
+    for r in rows:
+        assert 0 <= r["cka_to_end"] <= 1 + 1e-9 and 0 <= r["cka_to_step0"] <= 1 + 1e-9
+        if r["step"] == 4:  # the end: CKA(end, end) = 1 for every stage
+            assert r["cka_to_end"] == pytest.approx(1.0, abs=1e-9)
+        if r["step"] == 0:
+            assert r["cka_to_step0"] == pytest.approx(1.0, abs=1e-9)
+            # CKA(step 0, end): the same number as similarity.json's (same images, same pooling)
+            assert r["cka_to_end"] == pytest.approx(final_cka[(r["run_id"], r["layer"])], abs=1e-9)
+        if r["step"] == 4:
+            back = next(x for x in rows if x["run_id"] == r["run_id"] and x["layer"] == r["layer"]
+                        and x["step"] == 0)
+            assert r["cka_to_step0"] == pytest.approx(back["cka_to_end"], abs=1e-9)  # symmetric
+    cross = read_csv(out / "similarity_random_vs_transfer.csv")
+    assert {(r["layer"], r["step"]) for r in cross} == {(s, t) for s in stages for t in (0, 2, 4)}
+    ids = {r["init"]: r["run_id"] for r in rows}
+    assert all(r["run_id_random"] == ids["random"] and r["run_id_transfer"] == ids["transfer"]
+               and 0 <= r["cka_random_transfer"] <= 1 + 1e-9 for r in cross)
+    assert (out / "similarity_over_time_cbr_tiny.png").read_bytes()[:4] == b"\x89PNG"
+    text = done["report"].read_text()
+    assert "## Similarity over training time" in text and "similarity_over_time_cbr_tiny.png" in text
+
+
+def test_similarity_over_time_is_not_recomputed(done):
+    path = done["out"] / "over_time_cbr_tiny_s0.json"
+    stamp = path.stat().st_mtime_ns
+    run_experiment(make_config("feature-reuse", preset="micro", **done["space"]))
+    assert path.stat().st_mtime_ns == stamp

@@ -45,7 +45,7 @@ def test_two_process_gloo_matches_single_process(tmp_path):
     spec = RunSpec(model="tiny", dataset="eyepacs", data_root="fake", recipe="retina", steps=8,
                    image_size=8, batch_size=8, seed=1,
                    overrides={"eval_every": 4, "log_every": 2, "checkpoint_every": 100,
-                              "augment": True, "eval_batch_size": 7})
+                              "augment": True, "eval_batch_size": 7, "snapshot_every": 2})
     torch.set_num_threads(1)
     single = run_training(spec, tmp_path / "single", components=train_fakes.components(),
                           progress=False)
@@ -60,3 +60,11 @@ def test_two_process_gloo_matches_single_process(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "ddp" / spec.run_id / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [0, 4, 8]
     assert all(r["n"] == 40 for r in rows if r["kind"] == "eval")  # shards gathered: whole eval set
+    # snapshots: rank 0 writes them (the NaN check before each is a collective every rank joins)
+    from transfusion.train.run_folder import RunFolder
+
+    snaps = {d: RunFolder.of(tmp_path / d, spec.run_id).snapshots() for d in ("single", "ddp")}
+    assert [st for st, _ in snaps["ddp"]] == [st for st, _ in snaps["single"]] == [0, 2, 4, 6, 8]
+    for (_, a), (_, b) in zip(snaps["single"], snaps["ddp"]):
+        wa, wb = (torch.load(p, weights_only=False)["state_dict"] for p in (a, b))
+        assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa), b.name

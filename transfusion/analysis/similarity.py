@@ -124,20 +124,21 @@ def cross_layer_map(model_a: nn.Module, model_b: nn.Module, batches, *, pool: in
 
 
 def compare_models(models: dict[str, nn.Module], pairs: list[tuple[str, str]], batches, *,
-                   pool: int = DEFAULT_POOL, device="cpu", layers: Iterable[str] | None = None
-                   ) -> list[dict]:
+                   pool: int = DEFAULT_POOL, device="cpu", layers: Iterable[str] | None = None,
+                   methods: Iterable[str] = METHODS) -> list[dict]:
     """Per-layer similarity for each pair of named models, all from one pass over ``batches``.
 
     ``layers``: stage names to compare (default: every stage the first model of each pair has and
     the second has too). One row per (pair, layer), with ``model_a``, ``model_b`` and ``layer``.
     """
     stats = collect_statistics(models, batches, pool=pool, device=device)
+    methods = tuple(methods)
     rows = []
     for a, b in pairs:
         names_b = set(models[b].stage_names)
         chosen = [s for s in (layers or models[a].stage_names) if s in names_b]
         for stage in chosen:
-            row = pair_similarity(stats, layer_key(a, stage), layer_key(b, stage))
+            row = pair_similarity(stats, layer_key(a, stage), layer_key(b, stage), methods)
             rows.append({"model_a": a, "model_b": b, "layer": stage, **row})
     return rows
 
@@ -167,3 +168,60 @@ def init_vs_final(step0: Path, final: Path, batches, *, out: Path | None = None,
         atomic_write_json(out, {"kind": "init_vs_final", "step0": str(step0), "final": str(final),
                                 "model_name": header.get("model_name"), "pool": pool, "rows": rows})
     return rows
+
+
+def similarity_over_time(runs: dict[str, dict[int, Path]], batches, *, pool: int = DEFAULT_POOL,
+                         device="cpu", across: tuple[str, str] | None = None) -> dict:
+    """Per-stage CKA over training time, from model snapshots on disk.
+
+    ``runs[label] = {step: model checkpoint}`` holds a run's step-0 model (key 0), its snapshots
+    and its final model (the largest step = the end); ``batches()`` returns a fresh iterator over
+    the fixed evaluation images. For every step ``t`` one pass over the images feeds each run's
+    models at t, at step 0 and at the end (a model used twice runs once), giving
+    ``cka_to_end`` = CKA(stage at t, stage at the end) and ``cka_to_step0`` = CKA(stage at t,
+    stage at step 0); with ``across = (a, b)`` the same pass also gives CKA(a's stage at t,
+    b's stage at t) at every step both runs have. Only the step-0 and end models stay loaded.
+
+    Returns ``{"within": [{label, step, layer, layer_index, cka_to_end, cka_to_step0, n_images}],
+    "across": [{step, layer, layer_index, cka, n_images}]}``.
+    """
+    if not runs or any(0 not in ck or len(ck) < 2 for ck in runs.values()):
+        raise CheckpointError("similarity over time needs each run's step-0 model and its final "
+                              "model (runs/<run_id>/checkpoints/step0.pt, model_final.pt)")
+    ends = {lab: max(ck) for lab, ck in runs.items()}
+    fixed = {lab: (load_checkpoint_model(ck[0])[0], load_checkpoint_model(ck[ends[lab]])[0])
+             for lab, ck in runs.items()}
+    within, cross = [], []
+    for t in sorted(set().union(*runs.values())):
+        models, pairs = {}, []
+        for lab, ck in runs.items():
+            if t not in ck:
+                continue
+            m0, m_end = fixed[lab]
+            mt = m0 if t == 0 else m_end if t == ends[lab] else load_checkpoint_model(ck[t])[0]
+            models.update({f"{lab}@t": mt, f"{lab}@0": m0, f"{lab}@end": m_end})
+            pairs += [(f"{lab}@t", f"{lab}@end"), (f"{lab}@t", f"{lab}@0")]
+        both = across is not None and all(f"{lab}@t" in models for lab in across)
+        if both:
+            pairs.append((f"{across[0]}@t", f"{across[1]}@t"))
+        rows = compare_models(models, pairs, batches(), pool=pool, device=device, methods=("cka",))
+        got = {(r["model_a"], r["model_b"], r["layer"]): r for r in rows}
+        for lab in runs:
+            if f"{lab}@t" not in models:
+                continue
+            for i, stage in enumerate(models[f"{lab}@t"].stage_names):
+                to_end = got.get((f"{lab}@t", f"{lab}@end", stage))
+                to_0 = got.get((f"{lab}@t", f"{lab}@0", stage))
+                if to_end is None or to_0 is None:
+                    continue
+                within.append({"label": lab, "step": int(t), "layer": stage, "layer_index": i,
+                               "cka_to_end": to_end["cka"], "cka_to_step0": to_0["cka"],
+                               "n_images": to_end.get("n_images")})
+        if both:
+            a, b = across
+            for i, stage in enumerate(models[f"{a}@t"].stage_names):
+                r = got.get((f"{a}@t", f"{b}@t", stage))
+                if r is not None:
+                    cross.append({"step": int(t), "layer": stage, "layer_index": i, "cka": r["cka"],
+                                  "n_images": r.get("n_images")})
+    return {"within": within, "across": cross}

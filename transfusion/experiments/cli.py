@@ -24,7 +24,7 @@ PRESET_HELP = ("micro: seconds per experiment (tests); demo: synthetic data on a
 
 def _run(name: str, *, preset, dataset, data_dir, data_format, models, seeds, steps, image_size,
          batch_size, pretrained, out, runs, executor, threshold, small_data=None, upto=None,
-         cache=None, device=None, threads=None, executor_param=None) -> None:
+         cache=None, device=None, threads=None, executor_param=None, snapshots=None) -> None:
     from transfusion.experiments import config as C
     from transfusion.experiments.engine import run_experiment
 
@@ -47,7 +47,8 @@ def _run(name: str, *, preset, dataset, data_dir, data_format, models, seeds, st
             image_size=image_size, batch_size=batch_size, pretrained=C.parse_pretrained(pretrained),
             out=out, runs=runs, executor=executor, executor_params=executor_params,
             threshold=threshold,
-            small_data=small_data, upto=upto, cache=cache, device=device, threads=threads)
+            small_data=small_data, upto=upto, cache=cache, device=device, threads=threads,
+            snapshots=snapshots)
         t0 = time.perf_counter()
         typer.echo(f"== transfusion run {n} (preset {cfg.preset}, {cfg.dataset}, "
                    f"{'data ' + cfg.data_dir if cfg.data_dir else 'SYNTHETIC data'})")
@@ -95,6 +96,11 @@ def _make_command(name: str, doc: str, *, small_data: bool = False, upto: bool =
         threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: 1 for the micro "
                                               "and demo presets, which target a shared small CPU; "
                                               "torch's default otherwise)."),
+        snapshots: Optional[int] = typer.Option(
+            None, help="Model snapshots kept per training run, evenly spaced (default: the "
+                       "preset's: micro 2, demo 4, paper 0); feature-reuse draws similarity over "
+                       "training time from them. Part of every run's spec: give the same value to "
+                       "every experiment so they share runs."),
         small_data_opt: Optional[int] = typer.Option(None, "--small-data", hidden=not small_data,
                                                      help="Train on this many images (Table 3: 5000)."),
         upto_opt: Optional[str] = typer.Option(None, "--upto", hidden=not upto,
@@ -104,7 +110,7 @@ def _make_command(name: str, doc: str, *, small_data: bool = False, upto: bool =
              models=models, seeds=seeds, steps=steps, image_size=image_size, batch_size=batch_size,
              pretrained=pretrained, out=out, runs=runs, executor=executor, threshold=threshold,
              small_data=small_data_opt, upto=upto_opt, cache=cache, device=device, threads=threads,
-             executor_param=executor_param)
+             executor_param=executor_param, snapshots=snapshots)
 
     command.__doc__ = doc
     return command

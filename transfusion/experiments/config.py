@@ -49,6 +49,11 @@ class Preset:
     # torch CPU threads while running (None: torch's default). The CPU presets use 1: on a shared
     # 2-core machine OpenMP's spinning threads made a training step 10-100x slower than one thread
     threads: int | None = None
+    # model snapshots per training run (checkpoints/step<N>.pt every ceil(steps / snapshots) steps;
+    # 0 = none), read by feature-reuse's similarity over training time. Every experiment's runs
+    # get them (through engine.training_spec), not only feature-reuse's: experiments share runs
+    # by spec, and snapshot_every is part of the spec. Pretraining runs get none.
+    snapshots: int = 0
     # per-experiment changes to the above (e.g. the demo's slim run uses full-size ResNet50, so
     # it gets fewer steps); explicit command-line options still win
     per_experiment: dict = field(default_factory=dict)
@@ -75,7 +80,7 @@ PRESETS: dict[str, Preset] = {
         eval_every=2, batch_size=4, threshold=0.5, synthetic_images=120, synthetic_eval_images=40,
         pretrain_steps=4, pretrain_images=40, pretrain_classes=4, similarity_images=16, pool=2,
         threshold_note="micro preset: 0.5 AUC so that a 4-step run can cross it (tests only)",
-        threads=1),
+        threads=1, snapshots=2),
     "demo": Preset(
         name="demo", models=("cbr_small", "cbr_tiny", "resnet50_narrow"), resnet="resnet50_narrow",
         slim="resnet50_slim", seeds=(0, 1), steps={"retina": 200, "chexpert": 200},
@@ -85,7 +90,7 @@ PRESETS: dict[str, Preset] = {
         threshold_note=("demo preset: 0.85 AUC on the synthetic fundus set, which the CBR runs "
                         "reach within 200 steps (the paper's 0.91 on real retina is not reachable at "
                         "this scale)"),
-        threads=1,
+        threads=1, snapshots=4,
         # slim needs full-size ResNet50 (its pretrained weights) and resnet50_slim: no narrow
         # variant exists, so the demo gives it one seed, fewer steps and a shorter pretraining.
         # weight-transfusion (5 cuts) and gabor run one seed to keep `run all` near 15 minutes;
@@ -141,6 +146,7 @@ class ExperimentConfig:
     cache: str = "data-cache"
     device: str | None = None
     threads: int | None = None
+    snapshots: int = 0  # model snapshots per training run (0: none); see Preset.snapshots
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -172,6 +178,18 @@ class ExperimentConfig:
     @property
     def runs_dir(self) -> Path:
         return Path(self.runs)
+
+    @property
+    def snapshot_every(self) -> int:
+        return snapshot_every(self.steps, self.snapshots)
+
+
+def snapshot_every(steps: int, snapshots: int) -> int:
+    """The recipe's snapshot_every for about ``snapshots`` evenly spaced snapshots over ``steps``
+    (at most that many; the last at or before the end): ceil(steps / snapshots), 0 for none."""
+    if snapshots <= 0 or steps <= 0:
+        return 0
+    return max(1, -(-steps // snapshots))
 
 
 def parse_pretrained(values: list[str] | None) -> dict[str, str]:
@@ -241,7 +259,8 @@ def make_config(experiment: str, *, preset: str = "demo", dataset: str = "retina
                 out: str = "results", runs: str = "runs", executor: str = "local",
                 executor_params: dict | None = None, threshold: float | None = None, small_data: int | None = None,
                 upto: str | None = None, cache: str | None = None,
-                device: str | None = None, threads: int | None = None) -> ExperimentConfig:
+                device: str | None = None, threads: int | None = None,
+                snapshots: int | None = None) -> ExperimentConfig:
     """A config from a preset plus explicit overrides, validated with messages that say what to do."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -273,6 +292,8 @@ def make_config(experiment: str, *, preset: str = "demo", dataset: str = "retina
                           "(EyePACS/APTOS/CheXpert folder) or use --preset demo for synthetic data")
     if steps is not None and steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {steps}")
+    if snapshots is not None and snapshots < 0:
+        raise ConfigError(f"--snapshots must be >= 0 (0: none), got {snapshots}")
     if small_data is not None and small_data < 1:
         raise ConfigError(f"--small-data must be >= 1 images, got {small_data}")
     n_steps = steps if steps is not None else p.steps[dataset]
@@ -293,4 +314,5 @@ def make_config(experiment: str, *, preset: str = "demo", dataset: str = "retina
         pretrain_images=p.pretrain_images, pretrain_classes=p.pretrain_classes,
         similarity_images=p.similarity_images, pool=p.pool,
         cache=str(Path(cache).resolve()) if cache else str(Path(runs).resolve().parent / "data-cache"),
-        device=device, threads=threads if threads is not None else p.threads)
+        device=device, threads=threads if threads is not None else p.threads,
+        snapshots=snapshots if snapshots is not None else p.snapshots)

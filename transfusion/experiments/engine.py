@@ -54,15 +54,20 @@ def natural_source(cfg: ExperimentConfig) -> dict:
 # --------------------------------------------------------------------------- training specs
 def training_spec(*, model: str, task: str, data: dict, init: str, seed: int, steps: int,
                   eval_every: int, image_size: int, batch_size: int | None,
-                  checkpoint: str | None = None, upto: str | None = None, limit: int | None = None):
+                  checkpoint: str | None = None, upto: str | None = None, limit: int | None = None,
+                  snapshot_every: int = 0):
     """The training stream's RunSpec for one run (the one place that knows its fields).
 
     Checkpoints are written at every evaluation so an interrupted short run resumes close to
-    where it stopped (the recipe default, 1000 steps, is for long runs).
+    where it stopped (the recipe default, 1000 steps, is for long runs). ``snapshot_every`` > 0
+    keeps the model every that many steps (feature-reuse's similarity over training time); it is
+    set only when asked, so the specs (run_ids) of runs without snapshots are unchanged.
     """
     from transfusion.experiments.runs import RunSpec
 
     overrides = {"checkpoint_every": eval_every, "log_every": max(1, min(50, eval_every))}
+    if snapshot_every:
+        overrides["snapshot_every"] = int(snapshot_every)
     return RunSpec(model=model, task=task, dataset=data["dataset"], data_root=data["root"],
                    init=init, checkpoint=checkpoint, upto=upto, seed=seed, steps=steps,
                    eval_every=eval_every, image_size=image_size, batch_size=batch_size,
@@ -234,7 +239,8 @@ def plan_experiment(cfg: ExperimentConfig, module, data: dict, pretrained: dict[
             ckpt = pretrained[src]["path"]
         spec = training_spec(model=model, task=cfg.dataset, data=data, init=init, seed=seed,
                              steps=cfg.steps, eval_every=cfg.eval_every, image_size=cfg.image_size,
-                             batch_size=cfg.batch_size, checkpoint=ckpt, upto=upto, limit=limit)
+                             batch_size=cfg.batch_size, checkpoint=ckpt, upto=upto, limit=limit,
+                             snapshot_every=cfg.snapshot_every)
         role = {"model": model, "init": init, "seed": seed, "upto": upto, "limit": limit}
         if slot:
             role["slot"] = slot

@@ -16,8 +16,15 @@ each stage, between its model at step 0 and at the end:
 
 AUCs are the headline target (referable DR on retina, the mean over pathologies on CheXpert) on the
 same fixed evaluation images (the test split's first N). The definitions are in
-transfusion/analysis/feature_reuse.py. Not done here: similarity over training time (it needs model
-checkpoints at chosen steps of the training loop).
+transfusion/analysis/feature_reuse.py.
+
+Similarity over training time, from the runs' model snapshots (checkpoints/step<t>.pt, kept every
+ceil(steps / snapshots) steps; the preset's ``snapshots``: micro 2, demo 4, paper 0, or
+``--snapshots N``), plus step 0 and the end: per stage and step t, CKA(stage at t, stage at the
+end) and CKA(stage at t, stage at step 0), and CKA(random run's stage at t, transfer run's stage at
+t) for the same model and seed (one pass over the N evaluation images per (model, seed, t)). The
+snapshots are asked for through the run specs of every experiment (engine.training_spec), not
+here, so feature-reuse still trains nothing of its own: its specs stay performance's.
 """
 from __future__ import annotations
 
@@ -37,7 +44,10 @@ QUESTION = ("Where in the network is pretrained knowledge reused: which stages m
 WRITES = ("runs/<run_id>/feature_reuse.json (per-stage measures), results.csv (one row per run and "
           "layer: weight_distance, reinit_auc_drop, reinit_fresh_auc_drop, knn_auc_step0, "
           "knn_auc_final, cka, svcca), feature_reuse_<model>.png (the measures against depth, "
-          "random vs transfer), weight_distance.png, findings.csv, report.md")
+          "random vs transfer), weight_distance.png, over_time_<model>_s<seed>.json, "
+          "similarity_over_time.csv (run_id, model, init, seed, layer, step, cka_to_end, "
+          "cka_to_step0), similarity_random_vs_transfer.csv (model, seed, layer, step, "
+          "cka_random_transfer), similarity_over_time_<model>.png, findings.csv, report.md")
 INITS = ("random", "transfer")
 #: the k-NN probe is fitted on the first KNN_TRAIN_FACTOR x (similarity images) training images
 KNN_TRAIN_FACTOR = 2
@@ -47,6 +57,9 @@ KNN_TRAIN_FACTOR = 2
 FRESH_SEED = 20_000
 MEASURES = ("weight_distance", "reinit_auc_drop", "reinit_fresh_auc_drop", "knn_auc_step0",
             "knn_auc_final", "cka", "svcca")
+OVER_TIME_COLUMNS = ("run_id", "model", "init", "seed", "layer", "step", "cka_to_end", "cka_to_step0")
+ACROSS_COLUMNS = ("model", "seed", "layer", "step", "cka_random_transfer", "run_id_random",
+                  "run_id_transfer")
 
 
 def covered(models) -> list[str]:
@@ -102,6 +115,46 @@ def analyse(cfg, planned, runs_dir: Path, ctx) -> None:
             fresh_seed=FRESH_SEED + int(p.role["seed"]), k=want["knn_k"], device=ctx.device)
         atomic_write_json(folder.feature_reuse, {"kind": "feature_reuse", "settings": want,
                                                  "step0": str(step0), "final": str(final), "rows": rows})
+    analyse_over_time(cfg, planned, runs_dir, ctx)
+
+
+def run_checkpoints(run_dir: Path) -> dict[int, Path]:
+    """{step: model checkpoint} of a finished run: step0.pt, its snapshots and model_final.pt at
+    the last step (a snapshot at the last step holds the same weights; the final model wins)."""
+    folder = RunFolder(Path(run_dir))
+    total = int(json.loads(folder.require(folder.final, "final.json").read_text())["steps"])
+    found = {step: path for step, path in folder.snapshots() if step < total}
+    found[0] = folder.require(folder.step0, "step-0 model checkpoint")
+    found[total] = folder.require(folder.model_final, "final model checkpoint")
+    return dict(sorted(found.items()))
+
+
+def _over_time_path(out_dir: Path, model: str, seed) -> Path:
+    return Path(out_dir) / f"over_time_{model}_s{seed}.json"
+
+
+def analyse_over_time(cfg, planned, runs_dir: Path, ctx) -> None:
+    """over_time_<model>_s<seed>.json per (model, seed): CKA over training time of the random and
+    the transfer run (see the module docstring); skipped when there for the same runs, steps and
+    settings."""
+    from transfusion.analysis.similarity import similarity_over_time
+    from transfusion.utils import atomic_write_json
+
+    groups: dict[tuple, dict[str, str]] = {}
+    for p in planned:
+        groups.setdefault((p.role["model"], p.role["seed"]), {})[p.role["init"]] = p.run_id
+    for (m, seed), ids in sorted(groups.items(), key=str):
+        runs = {i: run_checkpoints(Path(runs_dir) / rid) for i, rid in ids.items()}
+        want = {"run_ids": ids, "steps": {i: list(ck) for i, ck in runs.items()},
+                "n_eval": cfg.similarity_images, "pool": cfg.pool, "method": "cka"}
+        out = _over_time_path(cfg.out_dir, m, seed)
+        if out.is_file() and {k: v for k, v in json.loads(out.read_text()).items() if k in want} == want:
+            continue
+        across = tuple(INITS) if all(i in runs for i in INITS) else None
+        res = similarity_over_time(runs, ctx.eval_batches, pool=cfg.pool, device=ctx.device,
+                                   across=across)
+        atomic_write_json(out, {"kind": "similarity_over_time", "model": m, "seed": seed, **want,
+                                "rows": res["within"], "across": res["across"]})
 
 
 def rows(plan_doc: dict, runs_dir: Path) -> list[dict]:
@@ -130,6 +183,115 @@ def rows(plan_doc: dict, runs_dir: Path) -> list[dict]:
                         "fresh_seed": (st.get("fresh_seed") or 0) + int(base["seed"] or 0)})
             out.append(row)
     return out
+
+
+def over_time_rows(plan_doc: dict, runs_dir: Path, out_dir: Path) -> tuple[list[dict], list[dict]]:
+    """similarity_over_time.csv rows (one per run, stage and step) and
+    similarity_random_vs_transfer.csv rows (one per model, seed, stage and step)."""
+    cfg = plan_doc["config"]
+    recs = {r.run_id: r for r in load_plan_runs(plan_doc, runs_dir)}
+    keys = sorted({(r.role.get("model"), r.role.get("seed")) for r in recs.values()}, key=str)
+    within, across = [], []
+    for m, seed in keys:
+        path = _over_time_path(out_dir, m, seed)
+        if not path.is_file():
+            continue
+        doc = json.loads(path.read_text())
+        ids = doc["run_ids"]
+        for r in doc["rows"]:
+            rid = ids.get(r["label"])
+            if rid not in recs:
+                continue
+            base = base_row(recs[rid], cfg, plan_doc["pretrained"])
+            steps = doc["steps"][r["label"]]
+            within.append({"run_id": rid, "model": m, "init": r["label"], "seed": seed,
+                           "layer": r["layer"], "step": r["step"], "cka_to_end": r["cka_to_end"],
+                           "cka_to_step0": r["cka_to_step0"], "layer_index": r["layer_index"],
+                           "end_step": max(steps), "snapshot_steps": " ".join(map(str, steps)),
+                           "n_images": r.get("n_images"), "pool": doc.get("pool"),
+                           **{k: base[k] for k in ("dataset", "data", "image_size", "preset")}})
+        for r in doc.get("across", []):
+            across.append({"model": m, "seed": seed, "layer": r["layer"], "step": r["step"],
+                           "cka_random_transfer": r["cka"], "run_id_random": ids.get("random"),
+                           "run_id_transfer": ids.get("transfer"), "layer_index": r["layer_index"],
+                           "n_images": r.get("n_images"), "pool": doc.get("pool")})
+    return within, across
+
+
+def _over_time_figure(within: list[dict], across: list[dict], model: str, path: Path) -> bool:
+    """similarity_over_time_<model>.png: CKA to the end, CKA to step 0 and CKA(random, transfer)
+    against the step; one colour per stage, transfer solid, random dashed."""
+    mine = [r for r in within if r["model"] == model]
+    if not mine:
+        return False
+    layers = [n for _, n in sorted({(r["layer_index"], r["layer"]) for r in mine})]
+    colour = {n: f"C{i % 10}" for i, n in enumerate(layers)}
+    panels: dict[str, dict] = {"CKA(stage at step t, stage at the end)": {},
+                               "CKA(stage at step t, stage at step 0)": {},
+                               "CKA(random run at t, transfer run at t), same seed": {}}
+    styles = {}
+    for title, key in zip(list(panels)[:2], ("cka_to_end", "cka_to_step0")):
+        for i in INITS:
+            for layer in layers:
+                per_seed = []
+                for seed in sorted({r["seed"] for r in mine}, key=str):
+                    pts = sorted((r["step"], r[key]) for r in mine
+                                 if r["init"] == i and r["layer"] == layer and r["seed"] == seed)
+                    if pts:
+                        per_seed.append(([p[0] for p in pts], [p[1] for p in pts]))
+                if per_seed:
+                    label = f"{i} {layer}"
+                    panels[title][label] = per_seed
+                    styles[label] = {"color": colour[layer], "ls": "-" if i == "transfer" else "--"}
+    cross = [r for r in across if r["model"] == model]
+    for layer in layers:
+        per_seed = []
+        for seed in sorted({r["seed"] for r in cross}, key=str):
+            pts = sorted((r["step"], r["cka_random_transfer"]) for r in cross
+                         if r["layer"] == layer and r["seed"] == seed)
+            if pts:
+                per_seed.append(([p[0] for p in pts], [p[1] for p in pts]))
+        if per_seed:
+            panels[list(panels)[2]][layer] = per_seed
+            styles[layer] = {"color": colour[layer], "ls": ":"}
+    figures.step_panels({k: v for k, v in panels.items() if v}, path, styles=styles,
+                        title=f"{model}: similarity over training time per stage (solid: transfer, "
+                              "dashed: random; line: mean over seeds, band: min..max)")
+    return True
+
+
+def _over_time_tables(within: list[dict], across: list[dict], models: list[str]) -> str:
+    steps = sorted({r["step"] for r in within} | {r["step"] for r in across})
+    if not steps:
+        return ""
+
+    def cell(vals):
+        m, _, n = tables.mean_std(vals)
+        return "n/a" if n == 0 else f"{m:.2f}"
+
+    head = ["model", "init", "layer"] + [f"t={t}" for t in steps]
+    body = []
+    for m in models:
+        for i in INITS:
+            mine = [r for r in within if r["model"] == m and r["init"] == i]
+            for li, layer in sorted({(r["layer_index"], r["layer"]) for r in mine}):
+                at = [r for r in mine if r["layer_index"] == li]
+                body.append([m, i, layer] + [
+                    cell([r["cka_to_end"] for r in at if r["step"] == t]) + " / "
+                    + cell([r["cka_to_step0"] for r in at if r["step"] == t]) for t in steps])
+    text = ("CKA(stage at t, stage at the end) / CKA(stage at t, stage at step 0), mean over seeds, "
+            "at every kept step t (step 0, the snapshots, the end):\n\n" + tables.markdown_table(head, body))
+    body = []
+    for m in models:
+        mine = [r for r in across if r["model"] == m]
+        for li, layer in sorted({(r["layer_index"], r["layer"]) for r in mine}):
+            at = [r for r in mine if r["layer_index"] == li]
+            body.append([m, "random vs transfer", layer] + [
+                cell([r["cka_random_transfer"] for r in at if r["step"] == t]) for t in steps])
+    if body:
+        text += ("\nCKA(random run's stage at t, transfer run's stage at t), same model and seed:\n\n"
+                 + tables.markdown_table(head, body))
+    return text
 
 
 PANELS = (("relative weight distance ||w_T - w_0|| / ||w_0||", ("weight_distance",)),
@@ -183,6 +345,18 @@ def report(plan_doc: dict, runs_dir: Path, out_dir: Path) -> Path:
                              ylabel="||w_T - w_0|| / ||w_0||",
                              title="Relative weight distance (step 0 to the end) per stage, mean over seeds")
         figs.insert(0, ("Relative weight distance per stage, every model and init", "weight_distance.png"))
+    within, across = over_time_rows(plan_doc, runs_dir, out_dir)
+    tables.write_csv(out_dir / "similarity_over_time.csv", within,
+                     columns=list(OVER_TIME_COLUMNS) + [k for k in (within[0] if within else {})
+                                                        if k not in OVER_TIME_COLUMNS])
+    tables.write_csv(out_dir / "similarity_random_vs_transfer.csv", across,
+                     columns=list(ACROSS_COLUMNS) + [k for k in (across[0] if across else {})
+                                                     if k not in ACROSS_COLUMNS])
+    for m in models:
+        name = f"similarity_over_time_{m}.png"
+        if _over_time_figure(within, across, m, out_dir / name):
+            figs.append((f"{m}: CKA over training time per stage (to the end, to step 0, random vs "
+                         "transfer at the same step)", name))
     found = claims.feature_reuse(rs, models, "weight_distance.png")
     claims.write(out_dir, found)
     head = ["model", "init", "layer", "weight distance", "reset drop (step 0)", "reset drop (fresh)",
@@ -202,16 +376,28 @@ def report(plan_doc: dict, runs_dir: Path, out_dir: Path) -> Path:
              f"similarity, fitted on the first {st.get('n_train', 'n/a')} training images. A stage "
              "reset restores its parameters and BatchNorm running statistics.\n"
              "Paper (Figs. 3-5): with transfer the lowest layers change least and keep their "
-             "pretrained features; large models change less during training than small ones.\n"
-             "Not measured here: similarity over training time (it needs checkpoints at chosen "
-             "training steps).\n")
+             "pretrained features; large models change less during training than small ones.\n")
     base = [base_row(r, cfg, plan_doc["pretrained"]) for r in load_plan_runs(plan_doc, runs_dir)]
     warnings = standard_warnings(plan_doc, base)
     left_out = [m for m in cfg["models"] if m not in models]
     if left_out:
         warnings.append(f"Left out (not ResNet-layout or CBR): {', '.join(left_out)}.")
+    bare = sorted({r["run_id"] for r in within if len(r["snapshot_steps"].split()) <= 2})
+    if bare:
+        warnings.append(f"{len(bare)} run(s) kept no snapshots ({', '.join(bare[:4])}"
+                        f"{', ...' if len(bare) > 4 else ''}): similarity over training time has "
+                        "only step 0 and the end. Rerun with --snapshots N (new runs: the snapshot "
+                        "setting is part of every run's spec).")
+    over_time = _over_time_tables(within, across, models)
+    over_time_note = ("\nEvery row is one pass over the same evaluation images as above "
+                      f"({cfg.get('similarity_images', 'n/a')} images, conv maps pooled to "
+                      f"{cfg.get('pool', 'n/a')} x {cfg.get('pool', 'n/a')} positions). "
+                      "CKA(end, end) = 1 and CKA(step 0, step 0) = 1 by definition. Rows: "
+                      "similarity_over_time.csv, similarity_random_vs_transfer.csv.\n")
+    sections = [claims.section(found),
+                ("Results (mean ± std over seeds)", tables.markdown_table(head, body) + notes)]
+    if over_time:
+        sections.append(("Similarity over training time", over_time + over_time_note))
     return document.write_report(
         out_dir, title=TITLE, question=QUESTION, setup=setup_text(plan_doc, base),
-        sections=[claims.section(found),
-                  ("Results (mean ± std over seeds)", tables.markdown_table(head, body) + notes)],
-        figures=figs, warnings=warnings)
+        sections=sections, figures=figs, warnings=warnings)

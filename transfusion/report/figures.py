@@ -216,6 +216,56 @@ def depth_panels(panels: dict[str, dict[str, tuple[list[str], list[list[float]]]
     return _save(fig, path)
 
 
+def step_panels(panels: dict[str, dict[str, list[tuple[list, list]]]], path, *, title: str,
+                styles: dict[str, dict] | None = None, ylabel: str = "CKA",
+                xlabel: str = "training step", ylim: tuple[float, float] | None = (0, 1.05),
+                ncols: int = 3) -> Path:
+    """Measures against the training step, one panel per measure (similarity over time).
+
+    ``panels[panel title][series label]`` is a list of (steps, values) per seed; each series is a
+    line (mean over the seeds, on their common steps) with a band (min..max) when there are
+    several seeds; ``styles[label]`` holds matplotlib line options (e.g. color, ls).
+    """
+    plt = _plt()
+    n = len(panels)
+    cols = min(ncols, max(1, n))
+    rows = math.ceil(n / cols) if n else 1
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.4 * rows), squeeze=False)
+    for ax, (panel, series) in zip(axes.flat, panels.items()):
+        for label, per_seed in series.items():
+            per_seed = [(list(s), list(v)) for s, v in per_seed if len(s)]
+            if not per_seed:
+                continue
+            common = sorted(set(per_seed[0][0]).intersection(*[set(s) for s, _ in per_seed[1:]]))
+            if not common:
+                continue
+            mat = np.array([[_nan(dict(zip(s, v)).get(c)) for c in common] for s, v in per_seed],
+                           dtype=float)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN step: a gap
+                mean, lo, hi = np.nanmean(mat, 0), np.nanmin(mat, 0), np.nanmax(mat, 0)
+            style = dict((styles or {}).get(label, {}))
+            line, = ax.plot(common, mean, marker="o", ms=3, label=label, **style)
+            if len(per_seed) > 1:
+                ax.fill_between(common, lo, hi, color=line.get_color(), alpha=0.12)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+        ax.set_title(panel, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _nan(v) -> float:
+    return float(v) if _finite(v) else math.nan
+
+
 def filter_grids(panels: dict[str, "np.ndarray"], path, *, title: str, max_filters: int = 32) -> Path:
     """conv1 filters as image grids, one panel per (init, before/after) (Fig. 5).
 

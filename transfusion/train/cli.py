@@ -75,7 +75,7 @@ def train(
     eval_limit: Optional[int] = typer.Option(None, help="Use only the first N evaluation images."),
     in_channels: Optional[int] = typer.Option(None, help="Input channels (1 or 3; default 3)."),
     synthetic_images: Optional[int] = typer.Option(None, help="Images in the synthetic set (data_root 'synthetic')."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Recipe override KEY=VALUE (repeatable): lr, weight_decay, augment, amp=bf16, channels_last=true, checkpoint_every, log_every, ..."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Recipe override KEY=VALUE (repeatable): lr, weight_decay, augment, amp=bf16, channels_last=true, checkpoint_every, log_every, snapshot_every=N (keep the model every N steps), ..."),
     runs_dir: Path = typer.Option(Path("runs"), help="Where run folders go."),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda if available)."),
     workers: int = typer.Option(0, help="Data-loading worker processes (0: exact resume, see docs)."),

@@ -18,9 +18,10 @@ points (each agreement is a collective), so a SIGTERM is honoured within ``log_e
 
 Run folder ``runs/<run_id>/``: config.json (spec, resolved recipe, schedule in steps, task, data
 description, environment), init_summary.json, metrics.jsonl, metrics.csv,
-checkpoints/{step0.pt (model checkpoint, models-stream format), last.pt (training state, while
-the run is unfinished; kept after the end only with keep_training_state)}, model_final.pt (model
-checkpoint), final.json, tensorboard/ (event files with metrics.jsonl's numbers, when the
+checkpoints/{step0.pt (model checkpoint, models-stream format), step<N>.pt (the same format, at
+every ``snapshot_every``-th step when the recipe asks for snapshots; kept after the end),
+last.pt (training state, while the run is unfinished; kept after the end only with
+keep_training_state)}, model_final.pt (model checkpoint), final.json, tensorboard/ (event files with metrics.jsonl's numbers, when the
 tensorboard package is installed) and .lock (the writer's pid: one process per run folder).
 """
 from __future__ import annotations
@@ -617,6 +618,14 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
                        extra={"acc": acc})
         D.barrier(ctx)
 
+    def save_snapshot(step: int) -> None:
+        """The model after ``step`` steps, in step0.pt's format (weights only: nothing of it is
+        read on resume, so a redone step rewrites the same file, atomically, main process only)."""
+        if main:
+            save_model_checkpoint(folder.snapshot(step), model, spec.model,
+                                  {"run_id": spec.run_id, "step": step, "init": spec.init,
+                                   "snapshot_every": recipe.snapshot_every})
+
     last_eval = None
     if start == 0:
         last_eval = do_eval(0)
@@ -695,6 +704,9 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
             if step % recipe.eval_every == 0 or step == total:
                 check_loss(step)
                 last_eval = do_eval(step)
+            if recipe.snapshot_every and step % recipe.snapshot_every == 0:
+                check_loss(step)  # every process (a collective under DDP): no NaN snapshot
+                save_snapshot(step)
             session_done = (max_steps_this_session is not None
                             and session_steps >= max_steps_this_session)
             want_stop = stop.signum is not None or session_done

@@ -2,7 +2,9 @@
 
 A :class:`Recipe` is a frozen dataclass; :func:`get_recipe` returns a named one with any field
 overridden (image size, steps, batch, lr, eval_every, weight decay, augmentation, ...), and every
-run records the resolved recipe it actually used in its config.json.
+run records the resolved recipe it actually used in its config.json. ``snapshot_every`` (default 0,
+off) keeps a model checkpoint every N steps (``--set snapshot_every=N``); it changes no number
+of the run, only what the run folder keeps.
 
 Choices where the paper is silent (recorded in every run's config.json under ``recipe.notes``):
 
@@ -50,6 +52,9 @@ class Recipe:
     eval_every: int = 1000
     log_every: int = 50
     checkpoint_every: int = 1000
+    # model snapshots (weights only, checkpoints/step<N>.pt, kept after the run) at every N-th
+    # step; 0 = none. A spec that does not set it keeps its run_id (overrides hold only what is set)
+    snapshot_every: int = 0
     eval_batch_size: int = 64
     augment: bool = True
     amp: str = "none"  # "none" | "bf16" (autocast on the device; use on GPUs)
@@ -180,6 +185,9 @@ def validate(r: Recipe) -> None:
             raise ConfigError(f"recipe {k} must be >= 1, got {getattr(r, k)}")
     if r.steps < 0:
         raise ConfigError(f"recipe steps must be >= 0, got {r.steps}")
+    if r.snapshot_every < 0:
+        raise ConfigError(f"recipe snapshot_every must be >= 0 (0: no snapshots), got "
+                          f"{r.snapshot_every}")
     if not (math.isfinite(r.lr) and r.lr > 0):
         raise ConfigError(f"recipe lr must be a finite number > 0, got {r.lr}")
     for k in ("momentum", "weight_decay", "warmup_epochs", "decay_factor"):

@@ -5,10 +5,13 @@ through the same names, so a file is never looked for under a name the loop does
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from transfusion.errors import ConfigError
+
+_SNAPSHOT = re.compile(r"step(\d+)\.pt")
 
 
 @dataclass(frozen=True)
@@ -52,11 +55,31 @@ class RunFolder:
     @property
     def step0(self) -> Path:
         """The model at step 0 (after initialisation, before training)."""
-        return self.checkpoints / "step0.pt"
+        return self.snapshot(0)
+
+    def snapshot(self, step: int) -> Path:
+        """The model (weights only, step0.pt's format) after ``step`` training steps: written at
+        every ``snapshot_every``-th step (recipe field, 0 = off) and kept after the run ends."""
+        if int(step) != step or step < 0:
+            raise ConfigError(f"a snapshot step is a whole number >= 0, got {step!r}")
+        return self.checkpoints / f"step{int(step)}.pt"
+
+    def snapshots(self) -> list[tuple[int, Path]]:
+        """``(step, path)`` of every model snapshot on disk, step0.pt included, in step order
+        (temp files of an interrupted write do not match the name and are not listed)."""
+        if not self.checkpoints.is_dir():
+            return []
+        found = []
+        for p in self.checkpoints.iterdir():
+            m = _SNAPSHOT.fullmatch(p.name)
+            if m and p.is_file():
+                found.append((int(m.group(1)), p))
+        return sorted(found)
 
     @property
     def training_state(self) -> Path:
-        """Model, optimizer, scheduler and RNG state to resume from (deleted once finished)."""
+        """Model, optimizer, scheduler and RNG state to resume from (deleted once finished,
+        unlike the snapshots)."""
         return self.checkpoints / "last.pt"
 
     @property
