@@ -295,6 +295,7 @@ def tensorboard_writer(log_dir: Path, purge_step: int | None):
         return None
     return SummaryWriter(str(log_dir), purge_step=purge_step)
 
+
 class LossWindow:
     """The training loss summed on the device since the last train row, so that a step makes no
     host sync (a ``float(loss)`` per step stalls a GPU's queue). float64 (float32 on devices
