@@ -64,3 +64,18 @@ def test_heatmap_is_drawn(tmp_path):
     m = similarity_matrix(a, method="cka", pool=2)
     path = similarity_heatmap(m.values, m.rows, m.cols, tmp_path / "map.png", title="CKA")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cross_layer_map_pools_every_stage_to_the_smallest_map():
+    # the demo's layer-change failed: at 32 px CBR-Tiny's last stage is 3x3, smaller than pool=4,
+    # so its rows did not match the other stages'
+    from transfusion.analysis.similarity import cross_layer_map
+    from transfusion.models import build_model
+
+    torch.manual_seed(0)
+    a, b = build_model("cbr_tiny", 2), build_model("cbr_tiny", 2)
+    batches = [torch.rand(8, 3, 32, 32), torch.rand(8, 3, 32, 32)]
+    with pytest.warns(RuntimeWarning):  # 16 images: few datapoints, flagged
+        m = cross_layer_map(a, b, batches, pool=4)
+    assert m.values.shape == (4, 4) and torch.isfinite(m.values).all()
+    assert m.n < 16 * 16  # pooled below 4x4 to the smallest map

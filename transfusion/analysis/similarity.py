@@ -115,12 +115,34 @@ def cross_layer_map(model_a: nn.Module, model_b: nn.Module, batches, *, pool: in
     rows and columns are stage names), from one pass over ``batches``."""
     from transfusion.ops import similarity_matrix_from
 
+    batches = list(batches)
+    # every stage must give the same rows: pool all to the smallest stage map (never upsample)
+    pool = max(1, min([pool] + [_smallest_map(m, batches[0][:1], device) for m in (model_a, model_b)]))
     stats = collect_statistics({"a": model_a, "b": model_b}, batches, pool=pool, device=device,
                                cross_layer=True)
     matrix = similarity_matrix_from(stats, [layer_key("a", s) for s in model_a.stage_names],
                                     [layer_key("b", s) for s in model_b.stage_names], method)
     matrix.rows, matrix.cols = list(model_a.stage_names), list(model_b.stage_names)
     return matrix
+
+
+def _smallest_map(model: nn.Module, x: torch.Tensor, device) -> int:
+    """The smallest spatial side of ``model``'s stage outputs for input ``x`` (a large number for a
+    model whose stages are all flat)."""
+    sides = []
+    handles = [model.stage(s).register_forward_hook(
+        lambda _m, _i, out: sides.append(min((out[0] if isinstance(out, (tuple, list)) else out).shape[-2:])
+                                         if (out[0] if isinstance(out, (tuple, list)) else out).dim() == 4
+                                         else 1))
+        for s in model.stage_names]
+    try:
+        model.to(device).eval()
+        with torch.no_grad():
+            model(x.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+    return min(sides, default=1 << 30)
 
 
 def compare_models(models: dict[str, nn.Module], pairs: list[tuple[str, str]], batches, *,
