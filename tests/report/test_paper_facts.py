@@ -27,3 +27,11 @@ def test_every_paper_number_in_the_code_is_in_docs_paper_md():
     missing = [v for v in numbers if not _in_paper(v)]
     assert not missing, f"numbers used by the reports but absent from docs/paper.md: {missing}"
     assert f"{tables.PAPER_THRESHOLD * 100:.0f}%" in PAPER
+
+
+def test_a_one_seed_finding_says_to_run_more_seeds():
+    # the demo's one-seed claims read "not decidable by more seeds", which is wrong
+    from transfusion.report.findings import paired_finding
+
+    row = paired_finding("gabor", "c", "k", "equivalent", [0.8], [0.77])
+    assert row["verdict"] == "inconclusive" and "at least 3 seeds" in row["note"]

@@ -172,7 +172,9 @@ def finding(experiment: str, claim: str, criterion: str, kind: str, effect: floa
     """One findings row; an inconclusive verdict gets a note on the seeds that would decide it."""
     v = verdict(kind, ci_low, ci_high, margin)
     notes = [note] if note else []
-    if v == "inconclusive":
+    if v == "inconclusive" and seeds < 2:
+        notes.append("one paired seed decides nothing: run at least 3 seeds (--seeds 0,1,2)")
+    elif v == "inconclusive":
         n = seeds_to_decide(kind, effect, sd, margin)
         notes.append(f"about {n} paired seeds would decide it at this effect and spread" if n
                      else "not decidable by more seeds at this effect (it sits on the bound)")
