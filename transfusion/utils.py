@@ -7,6 +7,7 @@ when it starts again (``remove_stale_temp_files``, called under the run's lock).
 mode a plain ``open`` would give (0666 minus the process umask), not mkstemp's 0600."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -57,13 +58,16 @@ def remove_stale_temp_files(folder) -> list[Path]:
     return removed
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
+@contextlib.contextmanager
+def _atomic_file(path):
+    """A binary file object that becomes ``path`` (fsync, then rename) when the block ends
+    without an exception; on any exception the temp file is removed and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = temp_file_for(path)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -71,6 +75,11 @@ def atomic_write_bytes(path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    with _atomic_file(path) as f:
+        f.write(data)
 
 
 def atomic_write_text(path, data: str) -> None:
@@ -95,16 +104,5 @@ def atomic_copy(src, dst) -> None:
     """Copy ``src`` to ``dst`` atomically (temp file beside ``dst``, then rename)."""
     import shutil
 
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_file_for(dst)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with open(src, "rb") as inp, _atomic_file(dst) as out:
+        shutil.copyfileobj(inp, out, 1 << 20)

@@ -171,6 +171,16 @@ def _size(model: str) -> int:
     return sum(p.numel() for p in build_model(model, 2).parameters())
 
 
+def _smallest_and_largest(models: list[str], present: set) -> tuple[str, str, dict] | None:
+    """(smallest, largest, {model: parameter count}) of the models that have results, by
+    parameter count; None with fewer than two."""
+    names = [m for m in models if m in present]
+    if len(names) < 2:
+        return None
+    sizes = {m: _size(m) for m in names}
+    return min(names, key=sizes.get), max(names, key=sizes.get), sizes
+
+
 def performance(rows: list[dict], models: list[str], figure: str) -> list[dict]:
     auc = _by(rows, "auc", "init", "model", "seed")
     tr = {k[1:]: v for k, v in auc.items() if k[0] == "transfer"}
@@ -178,10 +188,9 @@ def performance(rows: list[dict], models: list[str], figure: str) -> list[dict]:
     out = [paired_claim("performance", "transfer and random init reach comparable final AUC",
                         "final AUC on the evaluation set: transfer minus random, paired by (model, seed); "
                         f"within ±{F.AUC_MARGIN}", "equivalent", tr, rd, figure=figure)]
-    present = [m for m in models if any(k[1] == m for k in auc)]
-    if len(present) >= 2:
-        sizes = {m: _size(m) for m in present}
-        small, large = min(present, key=sizes.get), max(present, key=sizes.get)
+    picked = _smallest_and_largest(models, {k[1] for k in auc})
+    if picked is not None:
+        small, large, sizes = picked
         a = {(k[0], k[2]): v for k, v in auc.items() if k[1] == small}
         b = {(k[0], k[2]): v for k, v in auc.items() if k[1] == large}
         out.append(paired_claim(
@@ -207,10 +216,9 @@ def layer_change(rows: list[dict], models: list[str], figure: str) -> list[dict]
                         "SVCCA(step 0, end) of the lowest layer minus that of the top layer, transfer "
                         "runs, paired by (model, seed); greater than 0", "greater", low_minus_top,
                         figure=figure)]
-    present = [m for m in models if any(k[0] == m for k in lowest)]
-    if len(present) >= 2:
-        sizes = {m: _size(m) for m in present}
-        small, large = min(present, key=sizes.get), max(present, key=sizes.get)
+    picked = _smallest_and_largest(models, {k[0] for k in lowest})
+    if picked is not None:
+        small, large, sizes = picked
         a = {(k[1], k[2]): v for k, v in lowest.items() if k[0] == large}
         b = {(k[1], k[2]): v for k, v in lowest.items() if k[0] == small}
         out.append(paired_claim(
@@ -237,10 +245,9 @@ def representations(rows: list[dict], models: list[str], figure: str) -> list[di
                         "SVCCA of the top two layers: CCA(random, random) minus CCA(random, transfer), "
                         "paired by (model, seed); greater than 0", "greater", gap, figure=figure,
                         need="needs two random runs and a transfer run per seed")]
-    present = [m for m in models if any(k[0] == m for k in gap)]
-    if len(present) >= 2:
-        sizes = {m: _size(m) for m in present}
-        small, large = min(present, key=sizes.get), max(present, key=sizes.get)
+    picked = _smallest_and_largest(models, {k[0] for k in gap})
+    if picked is not None:
+        small, large, sizes = picked
         a = {(k[1],): v for k, v in gap.items() if k[0] == large}
         b = {(k[1],): v for k, v in gap.items() if k[0] == small}
         out.append(paired_claim(
@@ -272,10 +279,9 @@ def feature_reuse(rows: list[dict], models: list[str], figure: str) -> list[dict
                         higher_minus_lowest, figure=figure,
                         need="needs finished transfer runs of a model with two or more stages")]
     mean = {k: sum(d.values()) / len(d) for k, d in per_run.items() if d}
-    present = [m for m in models if any(k[0] == m for k in mean)]
-    if len(present) >= 2:
-        sizes = {m: _size(m) for m in present}
-        small, large = min(present, key=sizes.get), max(present, key=sizes.get)
+    picked = _smallest_and_largest(models, {k[0] for k in mean})
+    if picked is not None:
+        small, large, sizes = picked
         a = {(k[1], k[2]): v for k, v in mean.items() if k[0] == small}
         b = {(k[1], k[2]): v for k, v in mean.items() if k[0] == large}
         out.append(paired_claim(
