@@ -13,7 +13,8 @@ written exactly as the real files are laid out; the same loaders read both.
   cue; labels are correlated; train labels include -1.0 (uncertain) and blanks; some lateral views.
   The returned root is the folder that *contains* ``CheXpert-v1.0-small/`` (load_dataset accepts
   either).
-- ``make_natural``: many classes of shapes x textures x colours at several scales, ImageFolder.
+- ``make_natural``: dead-leaves images (Lee, Mumford & Huang 2001; Baradad et al. 2021), one
+  class per dead-leaves process (shape, orientation, palette, size law, texture), ImageFolder.
 
 Every image draws from its own ``numpy.random.default_rng([seed, kind, index])``, so the files are
 byte-identical for a seed whatever the number of worker processes. Drawing is vectorised numpy.
@@ -38,7 +39,7 @@ from transfusion.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 GRADE_PRIOR = (0.73, 0.07, 0.15, 0.025, 0.025)
 KINDS = ("fundus", "chexpert", "natural")
 _KIND_ID = {"fundus": 1, "chexpert": 2, "natural": 3, "labels": 99}
@@ -407,80 +408,79 @@ def make_chexpert(out_dir, n_images: int, image_size: int, seed: int, *, workers
 
 
 # ----------------------------------------------------------------------------------------------
-# Natural images
+# Natural images: a dead-leaves source
 # ----------------------------------------------------------------------------------------------
-SHAPES = ("circle", "square", "triangle", "ring", "cross", "star", "ellipse", "diamond")
-TEXTURES = ("flat", "stripes", "checker", "dots", "waves", "noise")
+# The pretraining stand-in for ImageNet is the dead-leaves model of natural images (Lee, Mumford
+# & Huang 2001): opaque shapes of power-law sizes painted over each other, which reproduces the
+# scale invariance and edge statistics of natural photographs. Baradad et al. ("Learning to See
+# by Looking at Noise", NeurIPS 2021) found dead-leaves images teach generic low-level features.
+# They train with a contrastive objective; here each class is one dead-leaves *process* (shape
+# family, orientation, palette, size law, texture), so a supervised classifier has to see
+# orientation, colour, scale and texture to tell the classes apart: the cues conv1 filters code.
+LEAF_SHAPES = ("disc", "square", "bar", "ellipse")
+LEAF_TEXTURES = ("flat", "grating")
 
 
 def natural_class(c: int, seed: int) -> dict:
+    """Class ``c``'s dead-leaves process, drawn once from the seed (the same for every image)."""
     rng = _rng(seed, "labels", 1000 + c)
-    return {"shape": SHAPES[c % len(SHAPES)], "texture": TEXTURES[(c // len(SHAPES)) % len(TEXTURES)],
-            "hue": float(rng.uniform(0, 1)), "bg_hue": float(rng.uniform(0, 1)),
-            "freq": float(rng.uniform(3, 9)), "angle": float(rng.uniform(0, np.pi))}
+    return {"shape": LEAF_SHAPES[c % len(LEAF_SHAPES)],
+            "texture": LEAF_TEXTURES[(c // len(LEAF_SHAPES)) % len(LEAF_TEXTURES)],
+            "angle": float(rng.uniform(0, np.pi)), "hue": float(rng.uniform(0, 1)),
+            "hue_spread": float(rng.uniform(0.03, 0.25)), "saturation": float(rng.uniform(0.2, 0.95)),
+            "alpha": float(rng.uniform(1.5, 3.0)), "freq": float(rng.uniform(1.5, 4.0))}
 
 
-def _hsv(hue: float, s: float, v: float) -> np.ndarray:
-    import colorsys
-
-    return np.array(colorsys.hsv_to_rgb(hue % 1.0, s, v), np.float32)
-
-
-def _texture(kind: str, y, x, freq: float, angle: float, rng) -> np.ndarray:
-    a = x * np.cos(angle) + y * np.sin(angle)
-    b = -x * np.sin(angle) + y * np.cos(angle)
-    if kind == "flat":
-        return np.zeros(np.broadcast(y, x).shape, np.float32)
-    if kind == "stripes":
-        return (np.sin(2 * np.pi * freq * a) > 0).astype(np.float32)
-    if kind == "checker":
-        return ((np.floor(freq * a) + np.floor(freq * b)) % 2).astype(np.float32)
-    if kind == "dots":
-        return ((np.sin(2 * np.pi * freq * a) * np.sin(2 * np.pi * freq * b)) > 0.5).astype(np.float32)
-    if kind == "waves":
-        return 0.5 + 0.5 * np.sin(2 * np.pi * freq * np.sqrt(a * a + b * b))
-    n = rng.standard_normal(np.broadcast(y, x).shape).astype(np.float32)
-    n = gaussian_filter(n, 1.5)
-    return (n > 0).astype(np.float32)
+def _hsv(hue, s, v) -> np.ndarray:
+    """HSV (arrays or scalars, hue in turns) to RGB, float32 (..., 3)."""
+    h = (np.asarray(hue, np.float64) % 1.0) * 6.0
+    s, v = np.asarray(s, np.float64), np.asarray(v, np.float64)
+    k = lambda n: (n + h) % 6.0  # noqa: E731
+    f = lambda n: v - v * s * np.clip(np.minimum(k(n), 4.0 - k(n)), 0.0, 1.0)  # noqa: E731
+    return np.stack([f(5.0), f(3.0), f(1.0)], axis=-1).astype(np.float32)
 
 
-def _shape_mask(kind: str, y, x, R: float) -> np.ndarray:
-    r = np.sqrt(x * x + y * y)
-    if kind == "circle":
-        m = r < R
-    elif kind == "square":
-        m = np.maximum(np.abs(x), np.abs(y)) < R * 0.85
-    elif kind == "triangle":
-        m = (y < R * 0.6) & (y > -R + 1.7 * np.abs(x))
-    elif kind == "ring":
-        m = np.abs(r - 0.75 * R) < 0.25 * R
-    elif kind == "cross":
-        m = ((np.abs(x) < 0.3 * R) & (np.abs(y) < R)) | ((np.abs(y) < 0.3 * R) & (np.abs(x) < R))
-    elif kind == "star":
-        m = r < R * (0.6 + 0.4 * np.cos(5 * np.arctan2(y, x)))
-    elif kind == "ellipse":
-        m = (x / R) ** 2 + (y / (0.5 * R)) ** 2 < 1
-    else:  # diamond
-        m = np.abs(x) + np.abs(y) < R
-    return m.astype(np.float32)
+def _leaf_radii(rng, n: int, alpha: float, r_min: float, r_max: float) -> np.ndarray:
+    """``n`` radii from the power law p(r) ~ r^-alpha on [r_min, r_max] (inverse CDF)."""
+    u = rng.uniform(0, 1, n)
+    a = 1.0 - alpha
+    return (r_min ** a + u * (r_max ** a - r_min ** a)) ** (1.0 / a)
 
 
-def draw_natural(size: int, cls: dict, rng: np.random.Generator) -> np.ndarray:
+def _leaf_mask(shape: str, yr, xr, r: float) -> np.ndarray:
+    if shape == "disc":
+        return xr * xr + yr * yr < r * r
+    if shape == "square":
+        return np.maximum(np.abs(xr), np.abs(yr)) < r * 0.85
+    if shape == "bar":
+        return (np.abs(xr) < r) & (np.abs(yr) < 0.3 * r)
+    return (xr / r) ** 2 + (yr / (0.5 * r)) ** 2 < 1.0  # ellipse
+
+
+def draw_natural(size: int, cls: dict, rng: np.random.Generator, n_leaves: int = 80) -> np.ndarray:
+    """One dead-leaves image of class ``cls``: ``n_leaves`` leaves painted back to front, each
+    with the class's shape at the class's orientation (+-0.2 rad), a colour from the class's
+    palette, a power-law radius, and (class "grating") an oriented sinusoid inside."""
     y, x = _grid(size, size, size / 2.0)
-    bg_tex = _texture(TEXTURES[int(rng.integers(len(TEXTURES)))], y, x, rng.uniform(2, 8), rng.uniform(0, np.pi), rng)
-    bg1, bg2 = _hsv(cls["bg_hue"] + rng.normal(0, 0.05), 0.4, 0.6), _hsv(rng.uniform(0, 1), 0.3, 0.4)
-    img = bg1 + (bg2 - bg1) * bg_tex[..., None] * 0.5
-    scale = rng.uniform(0.3, 0.85)
-    cy, cx = rng.uniform(-0.9 + scale, 0.9 - scale, 2) if scale < 0.9 else (0.0, 0.0)
-    th = rng.uniform(0, 2 * np.pi)
-    yr = (y - cy) * np.cos(th) - (x - cx) * np.sin(th)
-    xr = (y - cy) * np.sin(th) + (x - cx) * np.cos(th)
-    mask = gaussian_filter(_shape_mask(cls["shape"], yr, xr, scale), 0.7)
-    tex = _texture(cls["texture"], yr / scale, xr / scale, cls["freq"] / 2, cls["angle"], rng)
-    fg1 = _hsv(cls["hue"] + rng.normal(0, 0.03), rng.uniform(0.6, 0.95), rng.uniform(0.7, 1.0))
-    fg = fg1 * (1.0 - 0.6 * tex[..., None])
-    img = img * (1 - mask[..., None]) + fg * mask[..., None]
-    img = img * rng.uniform(0.8, 1.2) + rng.normal(0, 0.03, img.shape)
+    radii = _leaf_radii(rng, n_leaves, cls["alpha"], 0.08, 0.8)
+    hues = cls["hue"] + rng.normal(0, cls["hue_spread"], n_leaves)
+    sats = np.clip(cls["saturation"] + rng.normal(0, 0.1, n_leaves), 0, 1)
+    colours = _hsv(hues, sats, rng.uniform(0.25, 1.0, n_leaves))
+    img = colours[0] * np.ones((size, size, 1), np.float32)
+    for k in range(1, n_leaves):
+        cy, cx = rng.uniform(-1.1, 1.1, 2)
+        th = cls["angle"] + rng.normal(0, 0.2)
+        yr = (y - cy) * np.cos(th) - (x - cx) * np.sin(th)
+        xr = (y - cy) * np.sin(th) + (x - cx) * np.cos(th)
+        m = _leaf_mask(cls["shape"], yr, xr, radii[k])
+        if not m.any():
+            continue
+        paint = colours[k][None, None, :]
+        if cls["texture"] == "grating":
+            wave = 0.5 + 0.5 * np.sin(2 * np.pi * cls["freq"] * xr / max(radii[k], 0.15) + rng.uniform(0, 6.3))
+            paint = paint * (0.45 + 0.55 * wave[..., None])
+        img = np.where(m[..., None], paint, img)
+    img = gaussian_filter(img, (0.5, 0.5, 0)) + rng.normal(0, 0.02, img.shape)
     return _to_uint8(img.astype(np.float32))
 
 
@@ -492,7 +492,8 @@ def _natural_job(args) -> None:
 
 def make_natural(out_dir, n_images: int, image_size: int, n_classes: int, seed: int, *,
                  workers: int | None = None) -> Path:
-    """Write ``out_dir/<class>/<index>.png`` (ImageFolder), ``n_images`` spread over ``n_classes``."""
+    """Write ``out_dir/<class>/<index>.png`` (ImageFolder): ``n_images`` dead-leaves images
+    spread over ``n_classes`` dead-leaves processes."""
     if n_classes < 2:
         raise ConfigError(f"n_classes must be at least 2, got {n_classes}")
     out = _prepare(out_dir, n_images, image_size)
@@ -503,7 +504,7 @@ def make_natural(out_dir, n_images: int, image_size: int, n_classes: int, seed: 
     jobs = [(str(out / names[i % n_classes] / f"{i:06d}.png"), image_size, classes[i % n_classes], seed, i)
             for i in range(n_images)]
     _run(_natural_job, jobs, workers)
-    _manifest(out, "natural", n_images, image_size, seed, n_classes=n_classes)
+    _manifest(out, "natural", n_images, image_size, seed, n_classes=n_classes, generator="dead leaves")
     return out
 
 
@@ -552,8 +553,13 @@ def _run(fn, jobs: list, workers: int | None) -> None:
 
 
 def ensure_synthetic(kind: str, cache_root, n_images: int, image_size: int, seed: int,
-                     n_classes: int = 100, workers: int | None = None) -> Path:
+                     n_classes: int = 100, workers: int | None = None,
+                     test_images: int | None = None) -> Path:
     """Make a synthetic dataset once under ``cache_root`` and return the root for load_dataset.
+
+    ``test_images`` (fundus and chexpert): about that many of the ``n_images`` form the held-out
+    test split (fundus: retinopathy_solution.csv + test/; chexpert: valid.csv); default: the
+    generators' own fractions (fundus 20%, chexpert 10%).
 
     The folder name carries every setting; a finished folder (``synthetic.json`` written last) is
     reused as it is. It is built in a temporary sibling and renamed, so a crash leaves no half set.
@@ -563,6 +569,14 @@ def ensure_synthetic(kind: str, cache_root, n_images: int, image_size: int, seed
     name = f"{kind}-n{n_images}-s{image_size}-seed{seed}-v{GENERATOR_VERSION}"
     if kind == "natural":
         name += f"-c{n_classes}"
+    held_out = {}
+    if test_images is not None and kind != "natural":
+        if not 0 < test_images < n_images:
+            raise ConfigError(f"test_images must be between 1 and n_images - 1 ({n_images - 1}), "
+                              f"got {test_images}")
+        held_out = {"fundus": {"test_fraction": test_images / n_images},
+                    "chexpert": {"valid_fraction": test_images / n_images}}[kind]
+        name += f"-t{test_images}"
     root = Path(cache_root) / name
     if (root / "synthetic.json").is_file():
         return root
@@ -571,9 +585,9 @@ def ensure_synthetic(kind: str, cache_root, n_images: int, image_size: int, seed
         shutil.rmtree(tmp)
     log.info("making synthetic %s data: %d images at %d px (seed %d) in %s", kind, n_images, image_size, seed, root)
     if kind == "fundus":
-        make_fundus(tmp, n_images, image_size, seed, workers=workers)
+        make_fundus(tmp, n_images, image_size, seed, workers=workers, **held_out)
     elif kind == "chexpert":
-        make_chexpert(tmp, n_images, image_size, seed, workers=workers)
+        make_chexpert(tmp, n_images, image_size, seed, workers=workers, **held_out)
     else:
         make_natural(tmp, n_images, image_size, n_classes, seed, workers=workers)
     try:
