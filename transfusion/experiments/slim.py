@@ -11,9 +11,6 @@ from transfusion.experiments import claims
 from transfusion.experiments.speed import speed_report
 
 NAME = "slim"
-#: resnet50_slim takes ResNet50's weights up to block2, so it is compared with full-size ResNet50
-#: (there is no narrow slim variant: the demo runs this experiment with fewer steps instead)
-SOURCE = "resnet50"
 TITLE = "Slim hybrid vs transfer vs random (paper Fig. 9, left)"
 QUESTION = ("Does a model pretrained up to block2, with a half-width random top, keep the benefit of "
             "transfer?")
@@ -22,11 +19,16 @@ WRITES = ("results.csv (one row per run), auc_vs_step.png (Fig. 9 left), steps_t
 
 
 def plan(cfg, make) -> list:
+    """The slim model (``cfg.slim``) against full transfer and random init of the model whose
+    conv1..block2 it takes (resnet50_slim: ResNet50; the demo's resnet50_narrow_slim: the narrow one)."""
+    from transfusion.models import SLIM_SOURCE
+
+    source = SLIM_SOURCE[cfg.slim]
     runs = []
     for s in cfg.seeds:
-        runs.append(make(model=cfg.slim, init="slim", seed=s, source_model=SOURCE))
-        runs.append(make(model=SOURCE, init="transfer", seed=s))
-        runs.append(make(model=SOURCE, init="random", seed=s))
+        runs.append(make(model=cfg.slim, init="slim", seed=s, source_model=source))
+        runs.append(make(model=source, init="transfer", seed=s))
+        runs.append(make(model=source, init="random", seed=s))
     return runs
 
 

@@ -30,7 +30,7 @@ from transfusion.errors import CheckpointError, ConfigError
 from transfusion.initializers.checkpoint import (DISPLAY_NAMES, Checkpoint, describe_state_dict,
                                                  identify_architecture, read_checkpoint)
 from transfusion.initializers.gabor import GAMMA, SIGMA_PER_WAVELENGTH, gabor_bank
-from transfusion.models import canonical_model_name, model_skeleton
+from transfusion.models import SLIM_SOURCE, canonical_model_name, model_skeleton
 
 log = logging.getLogger(__name__)
 
@@ -222,9 +222,9 @@ def initialize(model: nn.Module, method: str, *, model_name: str,
                               f"(got {upto!r})")
     elif upto is not None:
         raise ConfigError(f"upto= is only for method 'transfuse', not {method!r}")
-    if method == "slim" and name != "resnet50_slim":
-        raise ConfigError(f"the slim initialisation builds resnet50_slim; got model {name!r}: "
-                          "build_model('resnet50_slim', ...)")
+    if method == "slim" and name not in SLIM_SOURCE:
+        raise ConfigError(f"the slim initialisation builds a slim model ({', '.join(SLIM_SOURCE)}); "
+                          f"got model {name!r}: build_model('resnet50_slim', ...)")
 
     _random_init(model, seed)
     keys = list(model.state_dict())
@@ -245,7 +245,8 @@ def initialize(model: nn.Module, method: str, *, model_name: str,
             reference, ref_name = model, name
             if method == "slim":
                 in_c = model.state_dict()[model.first_conv_key].shape[1]
-                reference, ref_name = model_skeleton("resnet50", 1000, in_c), "resnet50"
+                ref_name = SLIM_SOURCE[name]
+                reference = model_skeleton(ref_name, 1000, in_c)
             if method in ("transfer", "mean_var"):
                 loaded = [k for k in keys if not model.is_head_key(k)]
             elif method == "transfuse":

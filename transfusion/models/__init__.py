@@ -8,8 +8,8 @@ from transfusion.models.inception import MIN_INPUT_SIZE as INCEPTION_MIN_INPUT_S
 from transfusion.models.inception import Inception3
 from transfusion.models.registry import (MODEL_NAMES, build_model, canonical_model_name,
                                          model_skeleton)
-from transfusion.models.resnet import ResNet
+from transfusion.models.resnet import SLIM_SOURCE, ResNet
 
 __all__ = ["CBR_SPECS", "CBRNet", "CBRSpec", "INCEPTION_MIN_INPUT_SIZE", "Inception3",
-           "MODEL_NAMES", "ResNet", "StagedModel", "build_model", "canonical_model_name",
+           "MODEL_NAMES", "ResNet", "SLIM_SOURCE", "StagedModel", "build_model", "canonical_model_name",
            "model_skeleton"]

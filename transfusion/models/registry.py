@@ -10,13 +10,14 @@ from torch import nn
 from transfusion.errors import ConfigError
 from transfusion.models.cbr import CBR_SPECS, CBRNet
 from transfusion.models.inception import inception_v3
-from transfusion.models.resnet import resnet50, resnet50_narrow, resnet50_slim
+from transfusion.models.resnet import resnet50, resnet50_narrow, resnet50_narrow_slim, resnet50_slim
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "resnet50": lambda nc, ic, fused: resnet50(nc, ic),
     "inception_v3": lambda nc, ic, fused: inception_v3(nc, ic),
     "resnet50_slim": lambda nc, ic, fused: resnet50_slim(nc, ic),
     "resnet50_narrow": lambda nc, ic, fused: resnet50_narrow(nc, ic),
+    "resnet50_narrow_slim": lambda nc, ic, fused: resnet50_narrow_slim(nc, ic),
     **{name: (lambda nc, ic, fused, _s=spec: CBRNet(_s, nc, ic, fused=fused))
        for name, spec in CBR_SPECS.items()},
 }

@@ -113,6 +113,17 @@ def resnet50_slim(num_classes: int, in_channels: int = 3) -> ResNet:
     return ResNet(num_classes, in_channels, planes=(64, 128, 128, 256))
 
 
+def resnet50_narrow_slim(num_classes: int, in_channels: int = 3) -> ResNet:
+    """The slim hybrid of ``resnet50_narrow``: conv1..block2 exactly as the narrow model (so they
+    take its pretrained weights), block3 and block4 with half its channels (the CPU demo's slim)."""
+    return ResNet(num_classes, in_channels, stem=16, planes=(16, 32, 32, 64),
+                  zero_init_residual=True)
+
+
+#: each slim model and the model whose pretrained conv1..block2 it takes
+SLIM_SOURCE = {"resnet50_slim": "resnet50", "resnet50_narrow_slim": "resnet50_narrow"}
+
+
 def resnet50_narrow(num_classes: int, in_channels: int = 3) -> ResNet:
     """ResNet50's layout with a quarter of the channels everywhere (CPU demos), with
     ``zero_init_residual``: without it this thin 16-block network barely trains in the few
