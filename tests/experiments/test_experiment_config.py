@@ -16,13 +16,14 @@ def test_all_eight_experiments_are_registered_with_help():
 def test_presets_and_overrides(tmp_path):
     cfg = make_config("performance", preset="demo", out=str(tmp_path / "r"), runs=str(tmp_path / "runs"))
     assert cfg.models == PRESETS["demo"].models and not cfg.models_given
-    assert cfg.image_size == 32 and cfg.steps == 200 and cfg.threshold == 0.85
+    assert cfg.image_size == 32 and cfg.steps == 300 and cfg.threshold == 0.9
+    assert cfg.seeds == (0, 1, 2) and cfg.batch_size == 32 and cfg.parallel_runs == 2
     cfg = make_config("performance", preset="demo", models=("CBR-Tiny",), seeds=(3,), steps=7,
                       out=str(tmp_path), runs=str(tmp_path))
     assert cfg.models == ("cbr_tiny",) and cfg.models_given and cfg.seeds == (3,)
     assert cfg.steps == 7 and cfg.eval_every == 7 and cfg.threads == 1
     slim = make_config("slim", preset="demo", out=str(tmp_path), runs=str(tmp_path))
-    assert slim.steps == 100 and slim.seeds == (0,)  # the demo's per-experiment change
+    assert slim.steps == 300 and slim.seeds == (0, 1, 2) and slim.slim == "resnet50_narrow_slim"
     assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.out_dir.name == "performance"
     assert make_config("performance", small_data=5000, out=str(tmp_path)).out_dir.name == "performance-small5000"
@@ -49,20 +50,18 @@ def test_bad_settings_say_what_to_do(tmp_path):
     assert parse_pretrained([f"ResNet-50={f}"]) == {"resnet50": str(f)}
 
 
-def test_demo_resnet_speed_experiments_share_longer_runs_pretraining_and_their_threshold(tmp_path):
-    """weight-transfusion, gabor and mean-var (resnet50_narrow) need ~350-650 steps to pass 0.8
-    AUC on the synthetic fundus set: with the CBRs' 200 steps and 0.85 their figures were empty.
-    They must use the same steps/eval cadence/pretraining so their runs are shared."""
+def test_demo_experiments_share_one_recipe_so_they_share_runs(tmp_path):
+    """Every demo experiment uses the same steps, eval cadence, threshold, seeds and pretraining,
+    so the performance grid's random/transfer runs are also the speed experiments' arms (trained
+    once) and the 20-minute budget holds."""
+    from transfusion.experiments import EXPERIMENT_NAMES
     from transfusion.experiments.engine import pretrain_spec
 
-    cfgs = [make_config(e, preset="demo", cache=str(tmp_path))
-            for e in ("weight-transfusion", "gabor", "mean-var")]
+    cfgs = [make_config(e, preset="demo", cache=str(tmp_path)) for e in EXPERIMENT_NAMES]
     for c in cfgs:
-        assert (c.steps, c.eval_every, c.pretrain_steps, c.threshold) == (800, 50, 800, 0.8)
-        assert "0.8" in c.threshold_note
+        assert (c.steps, c.eval_every, c.pretrain_steps, c.threshold, c.seeds) == (300, 25, 600, 0.9, (0, 1, 2))
+        assert "0.9" in c.threshold_note
     assert len({pretrain_spec(c, "resnet50_narrow").run_id for c in cfgs}) == 1
-    perf = make_config("performance", preset="demo")
-    assert (perf.steps, perf.threshold) == (200, 0.85)
     assert make_config("weight-transfusion", preset="demo", steps=300, threshold=0.7).threshold == 0.7
 
 
@@ -73,8 +72,8 @@ def test_snapshots_from_the_preset_reach_every_run_spec():
     from transfusion.experiments.engine import training_spec
 
     assert make_config("performance", preset="micro").snapshot_every == 2
-    assert make_config("performance", preset="demo").snapshot_every == 50
-    assert make_config("mean-var", preset="demo").snapshot_every == 200  # its 800 steps
+    assert make_config("performance", preset="demo").snapshot_every == 75
+    assert make_config("mean-var", preset="demo", steps=800).snapshot_every == 200
     assert make_config("performance", preset="demo", snapshots=0).snapshot_every == 0
     assert [snapshot_every(10, 4), snapshot_every(3, 5), snapshot_every(100, 0)] == [3, 1, 0]
     kw = dict(model="cbr_tiny", task="retina", data={"dataset": "eyepacs", "root": "/x"},

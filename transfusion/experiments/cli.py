@@ -24,7 +24,8 @@ PRESET_HELP = ("micro: seconds per experiment (tests); demo: synthetic data on a
 
 def _run(name: str, *, preset, dataset, data_dir, data_format, models, seeds, steps, image_size,
          batch_size, pretrained, out, runs, executor, threshold, small_data=None, upto=None,
-         cache=None, device=None, threads=None, executor_param=None, snapshots=None) -> None:
+         cache=None, device=None, threads=None, executor_param=None, snapshots=None,
+         parallel_runs=None) -> None:
     from transfusion.experiments import config as C
     from transfusion.experiments.engine import run_experiment
 
@@ -32,7 +33,7 @@ def _run(name: str, *, preset, dataset, data_dir, data_format, models, seeds, st
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     check_options(image_size=image_size, batch_size=batch_size, steps=steps, threads=threads,
-                  device=device, small_data=small_data)
+                  device=device, small_data=small_data, parallel_runs=parallel_runs)
     seed_list = parse_seeds(seeds)
     executor_params = C.parse_executor_params(executor_param)
     check_writable_dir("--out", out)
@@ -48,7 +49,7 @@ def _run(name: str, *, preset, dataset, data_dir, data_format, models, seeds, st
             out=out, runs=runs, executor=executor, executor_params=executor_params,
             threshold=threshold,
             small_data=small_data, upto=upto, cache=cache, device=device, threads=threads,
-            snapshots=snapshots)
+            snapshots=snapshots, parallel_runs=parallel_runs)
         t0 = time.perf_counter()
         typer.echo(f"== transfusion run {n} (preset {cfg.preset}, {cfg.dataset}, "
                    f"{'data ' + cfg.data_dir if cfg.data_dir else 'SYNTHETIC data'})")
@@ -96,6 +97,10 @@ def _make_command(name: str, doc: str, *, small_data: bool = False, upto: bool =
         threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: 1 for the micro "
                                               "and demo presets, which target a shared small CPU; "
                                               "torch's default otherwise)."),
+        parallel_runs: Optional[int] = typer.Option(
+            None, help="Runs trained at once on this machine (local executor), each on "
+                       "cpu_count/N torch threads (default: the preset's: demo 2, others 1). "
+                       "Ctrl-C stops them all; rerunning resumes each."),
         snapshots: Optional[int] = typer.Option(
             None, help="Model snapshots kept per training run, evenly spaced (default: the "
                        "preset's: micro 2, demo 4, paper 0); feature-reuse draws similarity over "
@@ -110,7 +115,7 @@ def _make_command(name: str, doc: str, *, small_data: bool = False, upto: bool =
              models=models, seeds=seeds, steps=steps, image_size=image_size, batch_size=batch_size,
              pretrained=pretrained, out=out, runs=runs, executor=executor, threshold=threshold,
              small_data=small_data_opt, upto=upto_opt, cache=cache, device=device, threads=threads,
-             executor_param=executor_param, snapshots=snapshots)
+             executor_param=executor_param, snapshots=snapshots, parallel_runs=parallel_runs)
 
     command.__doc__ = doc
     return command

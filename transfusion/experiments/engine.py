@@ -39,7 +39,8 @@ def data_source(cfg: ExperimentConfig) -> dict:
 
     root = ensure_synthetic(SYNTHETIC_KIND[cfg.dataset], Path(cfg.cache),
                             n_images=cfg.synthetic_images + cfg.synthetic_eval_images,
-                            image_size=cfg.image_size, seed=0)
+                            image_size=cfg.image_size, seed=0,
+                            test_images=cfg.synthetic_eval_images)
     return {"dataset": SYNTHETIC_DATASET[cfg.dataset], "root": str(root), "synthetic": True}
 
 
@@ -82,7 +83,9 @@ def execute(cfg: ExperimentConfig, specs: list, jobs: "JobLog | None" = None) ->
     """Run the specs with the chosen executor; finished runs are skipped, interrupted ones resumed.
 
     Locally the specs go one at a time, so that an interrupted run stops the whole plan (instead
-    of the executor moving on to the next run) and the rerun continues exactly there. With
+    of the executor moving on to the next run) and the rerun continues exactly there; with
+    ``cfg.parallel_runs`` > 1 they go to a pool of that many processes, which stops queueing runs when
+    one stops early (Ctrl-C stops them all; each resumes from its checkpoint). With
     submitit they go as one job array, with ``cfg.executor_params``; ``jobs`` records the ids.
     """
     from transfusion.experiments.runs import make_executor
@@ -96,13 +99,17 @@ def execute(cfg: ExperimentConfig, specs: list, jobs: "JobLog | None" = None) ->
             kwargs["on_submit"] = jobs.add
     else:
         kwargs = {"device": cfg.device} if cfg.device else {}
+        kwargs["workers"] = cfg.parallel_runs
     ex = make_executor(cfg.executor, runs_dir=cfg.runs_dir, **kwargs)
-    batches = [[s] for s in unique] if cfg.executor == "local" else [unique]
+    # one spec at a time locally (an interrupted run stops the plan there); a local pool and
+    # submitit take the whole list (the pool stops queueing when a run stops early)
+    one_by_one = cfg.executor == "local" and cfg.parallel_runs == 1
+    batches = [[s] for s in unique] if one_by_one else [unique]
     from transfusion.experiments.runs import Progress
     from transfusion.train.spec import is_finished
 
     todo = [s for s in unique if not is_finished(s, cfg.runs_dir)]
-    progress = Progress(len(todo)) if cfg.executor == "local" and todo else None
+    progress = Progress(len(todo)) if one_by_one and todo else None
     if len(todo) < len(unique):
         log.info("%d of %d runs of this plan already finished: skipped", len(unique) - len(todo),
                  len(unique))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 
 from transfusion.errors import ConfigError
@@ -56,19 +57,56 @@ class LocalExecutor:
                 if progress:
                     progress.finished(s.run_id)
         else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            threads = max(1, (os.cpu_count() or 1) // self.workers)
-            with ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn")) as pool:
-                futs = {pool.submit(_run_one, s.to_dict(), str(runs_dir), self.device,
-                                    self.num_workers, threads): s for s in todo}
-                log.info("%d runs on %d worker processes", len(todo), self.workers)
-                for f in as_completed(futs):
-                    f.result()
-                    if progress:
-                        progress.finished(futs[f].run_id, parallel=self.workers)
+            self._run_parallel(todo, runs_dir, progress)
         return [_final_or_status(s, runs_dir) for s in specs]
+
+    def _run_parallel(self, todo: list[RunSpec], runs_dir: Path, progress: "Progress | None") -> None:
+        """The runs on ``workers`` processes of cpu_count // workers torch threads each.
+
+        A run that stops early (Ctrl-C reaches every process of the terminal's group; SIGTERM
+        sent to this process is passed on to the workers) cancels the runs not yet started, the
+        running ones checkpoint and stop, and the caller sees their status: rerunning resumes.
+        """
+        import multiprocessing as mp
+        import signal
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        threads = max(1, (os.cpu_count() or 1) // self.workers)
+        with ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn")) as pool:
+            futs = {pool.submit(_run_one, s.to_dict(), str(runs_dir), self.device,
+                                self.num_workers, threads): s for s in todo}
+            log.info("%d runs on %d worker processes (%d torch thread%s each)", len(todo),
+                     self.workers, threads, "" if threads == 1 else "s")
+
+            def pass_on(signum, frame):  # noqa: ARG001
+                pool.shutdown(wait=False, cancel_futures=True)
+                for proc in list(getattr(pool, "_processes", {}).values()):
+                    if proc.is_alive():
+                        os.kill(proc.pid, signum)
+
+            old = (signal.signal(signal.SIGTERM, pass_on)
+                   if threading.current_thread() is threading.main_thread() else None)
+            try:
+                for f in as_completed(futs):
+                    if f.cancelled():  # a run stopped early and the queue was dropped
+                        continue
+                    result = f.result()
+                    if result.get("status") != "finished":
+                        pool.shutdown(wait=False, cancel_futures=True)
+                    elif progress:
+                        progress.finished(futs[f].run_id, parallel=self.workers)
+            except KeyboardInterrupt:
+                pool.shutdown(wait=False, cancel_futures=True)
+                for f in futs:  # the workers got the same Ctrl-C: let them write their checkpoint
+                    if not f.cancelled():
+                        try:
+                            f.result()
+                        except BaseException:  # noqa: BLE001 - a second Ctrl-C, a dead worker
+                            pass
+                raise
+            finally:
+                if old is not None:
+                    signal.signal(signal.SIGTERM, old)
 
 
 class Progress:
