@@ -278,6 +278,7 @@ def feature_reuse(rows: list[dict], models: list[str], figure: str) -> list[dict
                         "stage, paired by (model, seed); greater than 0", "greater",
                         higher_minus_lowest, figure=figure,
                         need="needs finished transfer runs of a model with two or more stages")]
+    out.append(_probe_claim(rows, figure))
     mean = {k: sum(d.values()) / len(d) for k, d in per_run.items() if d}
     picked = _smallest_and_largest(models, {k[0] for k in mean})
     if picked is not None:
@@ -290,3 +291,21 @@ def feature_reuse(rows: list[dict], models: list[str], figure: str) -> list[dict
             f"({sizes[small] / 1e6:.2f}M parameters) minus {large} ({sizes[large] / 1e6:.2f}M), "
             "paired by (init, seed); greater than 0", "greater", a, b, figure=figure))
     return out
+
+
+def _probe_claim(rows: list[dict], figure: str) -> dict:
+    """Is the pretraining source worth transferring? The k-NN probe on the frozen step-0
+    features (before any training on the medical task): transferred minus random weights."""
+    per_run = defaultdict(list)
+    for r in rows:
+        v = r.get("knn_auc_step0")
+        if isinstance(v, (int, float)) and math.isfinite(float(v)):
+            per_run[(r["model"], r["init"], r["seed"])].append(float(v))
+    mean = {k: sum(v) / len(v) for k, v in per_run.items() if v}
+    tr = {(m, s): v for (m, i, s), v in mean.items() if i == "transfer"}
+    rd = {(m, s): v for (m, i, s), v in mean.items() if i == "random"}
+    return paired_claim("feature-reuse", "frozen pretrained features beat frozen random ones on "
+                        "the medical task (the transfer source is worth transferring)",
+                        "k-NN probe AUC on the frozen step-0 features, mean over stages: transfer "
+                        "minus random init, paired by (model, seed); greater than 0", "greater",
+                        tr, rd, figure=figure, need="needs finished random and transfer runs")
