@@ -188,3 +188,35 @@ def test_sync_bn_conversion_switches_fused_blocks_to_their_eager_path():
     assert D.use_sync_batchnorm(one, build_model("cbr_tiny", num_classes=5)) is not None
     with pytest.raises(Exception, match="needs CUDA"):
         D.check_sync_batchnorm(D.DistContext(world_size=2))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
+def test_two_process_recalibrated_evaluation_and_test_split(tmp_path, monkeypatch):
+    """Issue 15 under DDP: BatchNorm recalibration (every process on all the fixed images, then
+    rank 0's statistics) and the test split's metrics equal the one-process ghost run's, whose
+    training is the DDP run's (see the module docstring)."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TRANSFUSION_CACHE", str(cache))
+    monkeypatch.setenv("TRANSFUSION_TENSORBOARD", "0")
+    spec = cbr_tiny_spec(bn_recalibration_images=20)
+    # the 60-image synthetic set's val and test splits hold 2 images: train stands in for a test split
+    spec = RunSpec(**{**spec.to_dict(), "test_split": "train"})
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(spec.to_json())
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ghost = run_training(spec, tmp_path / "ghost", progress=False,
+                             components=ghost_batchnorm_components())
+    finally:
+        torch.set_num_threads(n)
+    for r in cli_two_processes(spec_file, tmp_path / "two", cache):
+        assert r.returncode == 0, r.stdout[-4000:]
+    ddp = json.loads((tmp_path / "two" / spec.run_id / "final.json").read_text())
+    for k, v in ghost["metrics"].items():
+        assert ddp["metrics"][k] == pytest.approx(v, abs=1e-5), k
+    assert ddp["test"]["split"] == "train" and ddp["test"]["size"] == ghost["test"]["size"] == 24
+    for k, v in ghost["test"].items():
+        if k not in ("split", "test_s"):
+            assert ddp["test"][k] == pytest.approx(v, abs=1e-5), k

@@ -122,7 +122,7 @@ def run_checkpoints(run_dir: Path) -> dict[int, Path]:
     """{step: model checkpoint} of a finished run: step0.pt, its snapshots and model_final.pt at
     the last step (a snapshot at the last step holds the same weights; the final model wins)."""
     folder = RunFolder(Path(run_dir))
-    total = int(json.loads(folder.require(folder.final, "final.json").read_text())["steps"])
+    total = int(json.loads(folder.require(folder.final, "final metrics").read_text())["steps"])
     found = {step: path for step, path in folder.snapshots() if step < total}
     found[0] = folder.require(folder.step0, "step-0 model checkpoint")
     found[total] = folder.require(folder.model_final, "final model checkpoint")

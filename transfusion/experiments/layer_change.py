@@ -74,7 +74,7 @@ def rows(plan_doc: dict, runs_dir: Path) -> list[dict]:
     cfg = plan_doc["config"]
     out = []
     for rec in load_plan_runs(plan_doc, runs_dir):
-        path = rec.path / "similarity.json"
+        path = RunFolder(rec.path).similarity
         if not path.is_file():
             continue
         base = base_row(rec, cfg, plan_doc["pretrained"])

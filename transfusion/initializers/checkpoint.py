@@ -5,9 +5,8 @@ Reads (always with ``torch.load(weights_only=True)``, on the CPU):
   ``inception_v3_google-0cc3c7bd.pth``);
 - timm files (a state_dict, or a dict holding it under ``"state_dict"`` / ``"model"``, keys
   possibly prefixed ``module.`` (DataParallel/DDP) or ``_orig_mod.`` (torch.compile));
-- this project's model checkpoints, written by ``save_model_checkpoint``:
-  ``{"format": "transfusion-model", "version": 1, "model_name", "num_classes", "in_channels",
-  "state_dict", "meta"}``.
+- this project's model checkpoints, written by ``save_model_checkpoint`` in the format that
+  ``transfusion.checkpoints`` owns (``write_model_file`` / ``read_model_file``).
 
 ``identify_architecture`` names the registry model a state_dict belongs to (from its keys and
 shapes), so that a wrong file gets an error that says what it is.
@@ -24,15 +23,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from transfusion.checkpoints import load_torch_file
+from transfusion.checkpoints import is_model_file, load_torch_file, read_model_file, write_model_file
 from transfusion.errors import CheckpointError, ConfigError
 from transfusion.models import MODEL_NAMES, build_model, canonical_model_name, model_skeleton
-from transfusion.utils import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
-FORMAT = "transfusion-model"
-VERSION = 1
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema")
 _PREFIXES = ("module.", "_orig_mod.")
 
@@ -96,7 +92,7 @@ def checkpoint_from_object(path: str | os.PathLike, obj) -> Checkpoint:
     """A ``Checkpoint`` from what ``load_torch_file`` read from ``path``."""
     model_name = info = None
     notes: list[str] = []
-    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+    if is_model_file(obj):
         model_name = obj.get("model_name")
         info = {k: obj.get(k) for k in ("model_name", "num_classes", "in_channels", "meta")}
         obj = obj.get("state_dict")
@@ -132,32 +128,25 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def save_model_checkpoint(path: str | os.PathLike, model: nn.Module, model_name: str,
                           meta: dict | None = None) -> None:
-    """Write ``model`` in this project's format (atomically). ``meta`` must hold only plain
-    values (str, numbers, bools, None, lists, dicts): files are read back with weights_only."""
-    name = canonical_model_name(model_name)
-    first = model.state_dict()[model.first_conv_key]
+    """Write registry model ``model`` in this project's format (``transfusion.checkpoints``,
+    atomically), its classes and input channels read from its head and first conv; Inception-v3's
+    ``transform_input`` goes into ``meta``."""
+    sd = model.state_dict()
     meta = dict(meta or {})
     if getattr(model, "transform_input", False):
         meta.setdefault("transform_input", True)
-    num_classes = model.state_dict()[model.head_prefix + ".weight"].shape[0]
-    atomic_torch_save(path, {
-        "format": FORMAT, "version": VERSION, "model_name": name, "num_classes": int(num_classes),
-        "in_channels": int(first.shape[1]),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "meta": meta,
-    })
+    write_model_file(path, sd, model_name=canonical_model_name(model_name),
+                     num_classes=sd[model.head_prefix + ".weight"].shape[0],
+                     in_channels=sd[model.first_conv_key].shape[1], meta=meta)
 
 
 def load_model_checkpoint(path: str | os.PathLike, *, cbr_fused: bool = True):
     """Rebuild the model saved by ``save_model_checkpoint``: returns ``(model, info)`` where
     ``info`` holds model_name, num_classes, in_channels and meta."""
     path = Path(path)
-    obj = load_torch_file(path, "model checkpoint",
-                          "give a model_final.pt or checkpoints/step0.pt of a run folder")
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not a transfusion model checkpoint (it has no "
-                              f"'format': '{FORMAT}' entry); build the model with build_model() "
-                              "and use initialize(..., 'transfer', checkpoint=...) instead")
+    obj = read_model_file(path, "give a model_final.pt or checkpoints/step0.pt of a run folder",
+                          "build the model with build_model() and use initialize(..., 'transfer', "
+                          "checkpoint=...) instead")
     ckpt = checkpoint_from_object(path, obj)
     info = dict(ckpt.info, meta=ckpt.info.get("meta") or {})
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from transfusion.checkpoints import load_torch_file
+from transfusion.checkpoints import load_torch_file, write_model_file
 from transfusion.errors import CheckpointError
 from transfusion.utils import atomic_torch_save
 
@@ -72,22 +72,17 @@ def load_state(path: str | os.PathLike, run_id: str) -> dict:
 
 
 def save_model_checkpoint(path: str | os.PathLike, model, model_name: str, meta: dict) -> None:
-    """The models stream's model checkpoint (``transfusion.initializers.save_model_checkpoint``) for
-    registry models; the same documented layout written here for other modules (test fakes)."""
-    save = None
+    """A model checkpoint (the format ``transfusion.checkpoints`` owns): registry models through
+    ``transfusion.initializers.save_model_checkpoint`` (classes and channels read from the model,
+    Inception's transform_input kept), other modules (test fakes) from their attributes."""
     if hasattr(model, "first_conv_key") and hasattr(model, "head_prefix"):
-        try:
-            from transfusion.initializers import save_model_checkpoint as save
-        except ImportError:
-            save = None
-    if save is not None:
+        from transfusion.initializers import save_model_checkpoint as save
+
         save(path, model, model_name, meta)
         return
-    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_torch_save(path, {"format": "transfusion-model", "version": 1, "model_name": model_name,
-                             "num_classes": int(getattr(model, "num_classes", -1)),
-                             "in_channels": int(getattr(model, "in_channels", -1)),
-                             "state_dict": sd, "meta": meta})
+    write_model_file(path, model.state_dict(), model_name=model_name,
+                     num_classes=getattr(model, "num_classes", -1),
+                     in_channels=getattr(model, "in_channels", -1), meta=meta)
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:

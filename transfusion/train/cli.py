@@ -73,9 +73,10 @@ def train(
     eval_split: Optional[str] = typer.Option(None, help="Evaluation split (default val)."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N training images (small-data runs)."),
     eval_limit: Optional[int] = typer.Option(None, help="Use only the first N evaluation images."),
+    test_split: Optional[str] = typer.Option(None, help="Also evaluate the final model once on this held-out split (e.g. test); metrics in final.json's \"test\"."),
     in_channels: Optional[int] = typer.Option(None, help="Input channels (1 or 3; default 3)."),
     synthetic_images: Optional[int] = typer.Option(None, help="Images in the synthetic set (data_root 'synthetic')."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Recipe override KEY=VALUE (repeatable): lr, weight_decay, augment, amp=bf16, channels_last=true, checkpoint_every, log_every, snapshot_every=N (keep the model every N steps), ..."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Recipe override KEY=VALUE (repeatable): lr, weight_decay, augment, amp=bf16, channels_last=true, checkpoint_every, log_every, snapshot_every=N (keep the model every N steps), bn_recalibration_images=N (BatchNorm statistics re-estimated on N training images before each evaluation), ..."),
     runs_dir: Path = typer.Option(Path("runs"), help="Where run folders go."),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda if available)."),
     workers: int = typer.Option(0, help="Data-loading worker processes (0: exact resume, see docs)."),
@@ -100,7 +101,7 @@ def train(
                      eval_every=eval_every, image_size=image_size, batch_size=batch_size,
                      label_policy=label_policy, split=split, eval_split=eval_split, limit=limit,
                      eval_limit=eval_limit, in_channels=in_channels,
-                     synthetic_images=synthetic_images)
+                     synthetic_images=synthetic_images, test_split=test_split)
         base.update({k: v for k, v in given.items() if v is not None})
         if set_:
             base["overrides"] = {**base.get("overrides", {}), **parse_sets(set_)}

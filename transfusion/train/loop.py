@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader, Sampler, Subset
 from transfusion.errors import ConfigError
 from transfusion.train import distributed as D
 from transfusion.train import metrics as M
+from transfusion.train.evaluation import recalibrated_batchnorm, recalibration_loader
 from transfusion.run_lock import RunLock
 from transfusion.train.run_folder import RunFolder
 from transfusion.train.checkpoint import (get_rng_state, last_checkpoint, load_state,
@@ -417,6 +418,25 @@ def _load_data(spec, recipe: Recipe, comps: Components):
     return str(root), train, val
 
 
+def _load_extra_data(spec, recipe: Recipe, comps: Components, root: str):
+    """The unaugmented training split (BatchNorm recalibration) and the test split, each None
+    when the recipe / spec does not ask for it; loaded before training so that a missing split
+    stops the run at once."""
+    common = dict(image_size=recipe.image_size, seed=spec.data_seed, label_policy=spec.label_policy,
+                  in_channels=spec.in_channels)
+    plain = test = None
+    if recipe.bn_recalibration_images > 0:
+        plain = comps.load_dataset(spec.dataset, root, spec.split, augment=False, limit=spec.limit,
+                                   **common)
+    if spec.test_split is not None:
+        test = comps.load_dataset(spec.dataset, root, spec.test_split, augment=False,
+                                  limit=spec.eval_limit, **common)
+        if len(test) == 0:
+            raise ConfigError(f"empty test set (split {spec.test_split!r}) for {spec.dataset} at "
+                              f"{root}: check the root, the split name and eval_limit")
+    return plain, test
+
+
 def _describe(ds) -> dict:
     d = ds.describe() if hasattr(ds, "describe") else {}
     return json.loads(json.dumps(d, default=str))
@@ -497,6 +517,7 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
 
     seed_everything(spec.seed)
     root, train_ds, eval_ds = _load_data(spec, recipe, comps)
+    plain_train_ds, test_ds = _load_extra_data(spec, recipe, comps, root)
     task = task_info(train_ds, spec.task)
     spe = steps_per_epoch(len(train_ds), recipe.batch_size)
     total = recipe.steps
@@ -514,7 +535,8 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
         "run_id": spec.run_id, "spec": spec.to_dict(), "recipe": recipe.to_dict(),
         "schedule": describe_schedule(recipe, spe), "task": task.__dict__ | {"headline": task.headline},
         "data": {"root": root, "train": _describe(train_ds), "eval": _describe(eval_ds),
-                 "train_size": len(train_ds), "eval_size": len(eval_ds)},
+                 "train_size": len(train_ds), "eval_size": len(eval_ds),
+                 **({"test": _describe(test_ds), "test_size": len(test_ds)} if test_ds else {})},
         # flat copies of what result tables need most
         "model": spec.model, "init": spec.init, "seed": spec.seed, "label_policy": spec.label_policy,
         "optimizer": recipe.optimizer, "lr": recipe.lr, "batch_size": recipe.batch_size,
@@ -593,15 +615,30 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
     pin = ctx.device.type == "cuda"
     train_loader = DataLoader(SeededItems(train_ds), batch_sampler=sampler, num_workers=num_workers,
                               pin_memory=pin, generator=torch.Generator().manual_seed(spec.seed))
-    shard = D.shard_range(len(eval_ds), ctx.rank, ctx.world_size)
-    eval_loader = DataLoader(Subset(eval_ds, list(shard)), batch_size=recipe.eval_batch_size,
-                             shuffle=False, num_workers=num_workers, pin_memory=pin,
-                             generator=torch.Generator().manual_seed(spec.seed))
+
+    def shard_loader(ds):
+        shard = D.shard_range(len(ds), ctx.rank, ctx.world_size)
+        return DataLoader(Subset(ds, list(shard)), batch_size=recipe.eval_batch_size,
+                          shuffle=False, num_workers=num_workers, pin_memory=pin,
+                          generator=torch.Generator().manual_seed(spec.seed))
+
+    eval_loader = shard_loader(eval_ds)
+    recal_loader = (recalibration_loader(plain_train_ds, recipe.bn_recalibration_images,
+                                         recipe.batch_size, spec.seed, num_workers, pin)
+                    if plain_train_ds is not None else None)
+
+    def forward(m, x):
+        with _autocast(recipe, ctx.device):
+            return m(_to(x, ctx.device, recipe.channels_last))
+
+    def measure(loader) -> dict:
+        D.broadcast_buffers(ctx, model)  # every shard evaluated with the model rank 0 saves
+        with recalibrated_batchnorm(model, recal_loader, forward, ctx):
+            return evaluate(model, loader, task, recipe, ctx)
 
     def do_eval(step: int) -> dict:
         t0 = time.perf_counter()
-        D.broadcast_buffers(ctx, model)  # every shard evaluated with the model rank 0 saves
-        res = evaluate(_unwrap(net), eval_loader, task, recipe, ctx)
+        res = measure(eval_loader)
         row = {"step": step, "kind": "eval", **res, "eval_s": round(time.perf_counter() - t0, 3)}
         mlog.append(row)
         mlog.write_csv()
@@ -743,8 +780,16 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
     metrics = {k: v for k, v in last_eval.items() if k not in ("step", "kind", "eval_s")}
     final = {"run_id": spec.run_id, "status": "finished", "steps": total, "task": task.name,
              "headline": head, head: metrics.get(head), "metrics": metrics,
-             "best": {"value": best[head], "step": best["step"]} if best else None,
-             "session_wall_s": round(time.perf_counter() - t_start, 3)}
+             "best": {"value": best[head], "step": best["step"]} if best else None}
+    if test_ds is not None:  # once, after the last step: a resumed run redoes it before final.json
+        t0 = time.perf_counter()
+        final["test"] = {"split": spec.test_split, "size": len(test_ds),
+                         **measure(shard_loader(test_ds)),
+                         "test_s": round(time.perf_counter() - t0, 3)}
+        if main:
+            log.info("run %s test (%s): %s %.4f", spec.run_id, spec.test_split, head,
+                     final["test"].get(head, math.nan))
+    final["session_wall_s"] = round(time.perf_counter() - t_start, 3)
     if main:
         save_model_checkpoint(folder.model_final, model, spec.model,
                               {"run_id": spec.run_id, "step": total, "init": spec.init})

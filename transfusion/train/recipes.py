@@ -4,7 +4,9 @@ A :class:`Recipe` is a frozen dataclass; :func:`get_recipe` returns a named one 
 overridden (image size, steps, batch, lr, eval_every, weight decay, augmentation, ...), and every
 run records the resolved recipe it actually used in its config.json. ``snapshot_every`` (default 0,
 off) keeps a model checkpoint every N steps (``--set snapshot_every=N``); it changes no number
-of the run, only what the run folder keeps.
+of the run, only what the run folder keeps. ``bn_recalibration_images`` (default 0, off)
+re-estimates the BatchNorm statistics before each evaluation (``transfusion.train.evaluation``);
+it changes the evaluation numbers only, never the training.
 
 Choices where the paper is silent (recorded in every run's config.json under ``recipe.notes``):
 
@@ -56,6 +58,10 @@ class Recipe:
     # step; 0 = none. A spec that does not set it keeps its run_id (overrides hold only what is set)
     snapshot_every: int = 0
     eval_batch_size: int = 64
+    # BatchNorm-stable evaluation: before each evaluation, re-estimate every BatchNorm's running
+    # mean/var (cumulative average) on this many fixed, seeded, unaugmented training images, on
+    # the evaluated weights; the training state's buffers are restored after. 0 = off
+    bn_recalibration_images: int = 0
     augment: bool = True
     amp: str = "none"  # "none" | "bf16" (autocast on the device; use on GPUs)
     channels_last: bool = False
@@ -185,6 +191,9 @@ def validate(r: Recipe) -> None:
             raise ConfigError(f"recipe {k} must be >= 1, got {getattr(r, k)}")
     if r.steps < 0:
         raise ConfigError(f"recipe steps must be >= 0, got {r.steps}")
+    if r.bn_recalibration_images < 0:
+        raise ConfigError(f"recipe bn_recalibration_images must be >= 0 (0: off), got "
+                          f"{r.bn_recalibration_images}")
     if r.snapshot_every < 0:
         raise ConfigError(f"recipe snapshot_every must be >= 0 (0: no snapshots), got "
                           f"{r.snapshot_every}")

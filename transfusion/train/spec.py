@@ -22,6 +22,10 @@ from transfusion.errors import ConfigError
 TASK_FOR_DATASET = {"eyepacs": "retina", "aptos": "retina", "chexpert": "chexpert",
                     "imagefolder": "natural"}
 TASKS = ("retina", "chexpert", "natural")
+#: fields added after run ids were first published: left out of to_dict() (and so of the hash
+#: behind run_id and of config.json's spec) while they hold their default, so that adding a field
+#: never renames existing runs
+OMITTED_AT_DEFAULT = {"test_split": None}
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,10 @@ class RunSpec:
     recipe: a name in ``transfusion.train.recipes.RECIPES`` (default: the task's, filled in);
     ``overrides`` changes any recipe field (stored typed, so "1" and 1 give one run_id); ``steps``, ``eval_every``, ``image_size`` and ``batch_size`` are
     shortcuts for the most common overrides (they win over ``overrides``).
+    test_split: a held-out split (e.g. ``"test"``) on which the final model is evaluated once,
+    after the last step, into final.json's ``"test"`` (capped by ``eval_limit`` like the
+    evaluation set); None (default): no test evaluation. A field at its default is left out of
+    the spec's JSON (:data:`OMITTED_AT_DEFAULT`), so specs that do not set it keep their run_id.
     """
 
     model: str
@@ -59,6 +67,7 @@ class RunSpec:
     in_channels: int = 3
     synthetic_images: int = 200
     data_seed: int = 0
+    test_split: str | None = None
 
     def __post_init__(self):
         task = self.task or TASK_FOR_DATASET.get(self.dataset.lower())
@@ -80,7 +89,11 @@ class RunSpec:
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        for name, default in OMITTED_AT_DEFAULT.items():
+            if d[name] == default:
+                del d[name]
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
