@@ -114,11 +114,12 @@ def test_a_failed_job_is_one_line_naming_its_log(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_run_mean_var_through_submitit_local_cluster(tmp_path):
+def test_run_mean_var_through_submitit_local_cluster(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from transfusion.cli import app
 
+    monkeypatch.setenv("TRANSFUSION_CACHE", str(tmp_path / "machine"))  # its own pretraining job
     args = ["run", "mean-var", "--preset", "micro", "--out", str(tmp_path / "results"),
             "--runs", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache"),
             "--executor", "submitit", "--executor-param", "timeout_min=10",

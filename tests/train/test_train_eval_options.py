@@ -193,9 +193,19 @@ def test_test_split_metrics_land_in_final_json(tmp_path):
     assert json.loads((d / "config.json").read_text())["data"]["test_size"] == 40
     kinds = {json.loads(x)["kind"] for x in (d / "metrics.jsonl").read_text().splitlines()}
     assert kinds == {"train", "eval"}  # the test metrics live in final.json only
+    # the per-image outputs behind the test metrics: recomputing them gives final.json's numbers
+    import numpy as np
+
+    from transfusion.train.metrics import retina_metrics
+
+    with np.load(d / "test_outputs.npz") as z:
+        logits, targets = z["logits"], z["targets"]
+    assert logits.shape == (40, 5) and targets.shape == (40,)
+    assert retina_metrics(logits, targets)["auc_referable"] == pytest.approx(test["auc_referable"], abs=1e-12)
     # training and validation numbers are those of the run without a test split
     plain = run(spec(), tmp_path / "plain")
     assert plain["metrics"] == final["metrics"] and "test" not in plain
+    assert not (tmp_path / "plain" / plain["run_id"] / "test_outputs.npz").exists()
 
 
 def test_test_split_is_redone_when_the_run_died_before_final_json(tmp_path):

@@ -181,13 +181,38 @@ def _smallest_and_largest(models: list[str], present: set) -> tuple[str, str, di
     return min(names, key=sizes.get), max(names, key=sizes.get), sizes
 
 
-def performance(rows: list[dict], models: list[str], figure: str) -> list[dict]:
+def _bootstrap_claim(experiment: str, claim: str, criterion: str, kind: str, a: dict, b: dict,
+                     labels, figure: str) -> dict:
+    """A claim on AUC(a) - AUC(b) per paired unit, all on one shared test set: units and test
+    images resampled together (``findings.paired_bootstrap_auc``). a, b: {unit: scores}."""
+    import numpy as np
+
+    keys = sorted(set(a) & set(b), key=str)
+    sa, sb = np.stack([a[k] for k in keys]), np.stack([b[k] for k in keys])
+    effect, lo, hi, n = F.paired_bootstrap_auc(sa, sb, labels)
+    d = F._auc_matrix(sa, np.asarray(labels, bool)) - F._auc_matrix(sb, np.asarray(labels, bool))
+    sd = float(np.std(d, ddof=1)) if n > 1 else math.nan
+    return F.finding(experiment, claim, criterion, kind, effect, lo, hi, n, sd=sd, figure=figure)
+
+
+def performance(rows: list[dict], models: list[str], figure: str, test_scores: dict | None = None,
+                labels=None) -> list[dict]:
+    """``test_scores`` {(init, model, seed): per-image scores on the shared test set} with its
+    ``labels``: the transfer-vs-random interval then resamples (model, seed) pairs and test
+    images together; without them it is the paired t interval over (model, seed)."""
     auc = _by(rows, "auc", "init", "model", "seed")
     tr = {k[1:]: v for k, v in auc.items() if k[0] == "transfer"}
     rd = {k[1:]: v for k, v in auc.items() if k[0] == "random"}
-    out = [paired_claim("performance", "transfer and random init reach comparable final AUC",
-                        "final AUC on the evaluation set: transfer minus random, paired by (model, seed); "
-                        f"within ±{F.AUC_MARGIN}", "equivalent", tr, rd, figure=figure)]
+    base = ("final AUC on the held-out test set: transfer minus random, paired by (model, seed)")
+    if test_scores and len(set(tr) & set(rd)) > 0:
+        ts = {k[1:]: v for k, v in test_scores.items() if k[0] == "transfer"}
+        rs = {k[1:]: v for k, v in test_scores.items() if k[0] == "random"}
+        out = [_bootstrap_claim("performance", "transfer and random init reach comparable final AUC",
+                                base + ", interval from a bootstrap over pairs and test images; "
+                                f"within ±{F.AUC_MARGIN}", "equivalent", ts, rs, labels, figure)]
+    else:
+        out = [paired_claim("performance", "transfer and random init reach comparable final AUC",
+                            base + f"; within ±{F.AUC_MARGIN}", "equivalent", tr, rd, figure=figure)]
     picked = _smallest_and_largest(models, {k[1] for k in auc})
     if picked is not None:
         small, large, sizes = picked

@@ -117,14 +117,38 @@ def curve(rec: RunRecord, key: str) -> tuple[list[int], list[float]]:
 
 
 def final_metric(rec: RunRecord, key: str) -> float:
+    """The final model's ``key``: on the held-out test split when the run evaluated one (as the
+    paper reports), else on the validation split (see :func:`final_split`)."""
     if rec.final is None:
         return math.nan
-    for container in (rec.final, rec.final.get("metrics", {}), rec.final.get("test", {}),
+    for container in (rec.final.get("test", {}), rec.final, rec.final.get("metrics", {}),
                       rec.final.get("final_metrics", {})):
         if isinstance(container, dict) and _finite(container.get(key)):
             return float(container[key])
     rows = eval_records(rec, key)
     return float(rows[-1][key]) if rows else math.nan
+
+
+def final_split(rec: RunRecord) -> str:
+    """Where :func:`final_metric` comes from: 'test (N images)' or 'validation'."""
+    test = (rec.final or {}).get("test")
+    return f"test ({test.get('size')} images)" if isinstance(test, dict) else "validation"
+
+
+def referable_test_scores(rec: RunRecord):
+    """(referable-DR scores, referable labels) of the final model on the test split, per image,
+    from the run's test_outputs.npz; None when the run has none or it is not a retina run."""
+    import numpy as np
+
+    from transfusion.train.metrics import REFERABLE_GRADE, referable_scores
+    from transfusion.train.run_folder import RunFolder
+
+    path = RunFolder(rec.path).test_outputs
+    if not path.is_file() or (rec.final or {}).get("task") != "retina":
+        return None
+    with np.load(path) as z:
+        logits, grades = z["logits"], z["targets"]
+    return referable_scores(logits), grades >= REFERABLE_GRADE
 
 
 def steps_to(rec: RunRecord, key: str, threshold: float) -> float | None:

@@ -53,6 +53,9 @@ class Preset:
     # get them (through engine.training_spec), not only feature-reuse's: experiments share runs
     # by spec, and snapshot_every is part of the spec. Pretraining runs get none.
     snapshots: int = 0
+    # BatchNorm statistics re-estimated on this many training images before every evaluation
+    # (0: off; the running averages of the last batches make curves wobble together)
+    bn_recalibration_images: int = 0
     # runs trained at once by the local executor, each on cpu_count // parallel_runs threads
     parallel_runs: int = 1
     # per-experiment changes to the above (e.g. the demo's slim run uses full-size ResNet50, so
@@ -80,7 +83,7 @@ PRESETS: dict[str, Preset] = {
         pretrain_images=6_400, pretrain_classes=64, similarity_images=300, pool=4,
         threshold_note=("demo preset: 0.9 referable AUC on the synthetic fundus set's validation "
                         "split (the paper's 0.91 is on real retina)"),
-        threads=1, snapshots=4, parallel_runs=2),
+        threads=1, snapshots=4, parallel_runs=2, bn_recalibration_images=256),
     "paper": Preset(
         name="paper", models=PAPER_MODELS, resnet="resnet50", slim="resnet50_slim", seeds=(0, 1, 2),
         steps={"retina": 150_000, "chexpert": 100_000}, image_size={"retina": 587, "chexpert": 224},
@@ -130,6 +133,7 @@ class ExperimentConfig:
     threads: int | None = None
     snapshots: int = 0  # model snapshots per training run (0: none); see Preset.snapshots
     parallel_runs: int = 1  # local runs trained at once (see Preset.parallel_runs)
+    bn_recalibration_images: int = 0  # see Preset.bn_recalibration_images
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -301,4 +305,5 @@ def make_config(experiment: str, *, preset: str = "demo", dataset: str = "retina
         cache=str(Path(cache).resolve()) if cache else str(Path(runs).resolve().parent / "data-cache"),
         device=device, threads=threads if threads is not None else p.threads,
         snapshots=snapshots if snapshots is not None else p.snapshots,
-        parallel_runs=parallel_runs if parallel_runs is not None else p.parallel_runs)
+        parallel_runs=parallel_runs if parallel_runs is not None else p.parallel_runs,
+        bn_recalibration_images=p.bn_recalibration_images)

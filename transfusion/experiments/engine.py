@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 SYNTHETIC_KIND = {"retina": "fundus", "chexpert": "chexpert"}
 SYNTHETIC_DATASET = {"retina": "eyepacs", "chexpert": "chexpert"}
+#: every medical run evaluates its final model once on this held-out split (final.json "test",
+#: test_outputs.npz): the experiments report it, as the paper reports a held-out test set
+TEST_SPLIT = "test"
 
 
 # --------------------------------------------------------------------------------------- data
@@ -44,10 +47,24 @@ def data_source(cfg: ExperimentConfig) -> dict:
     return {"dataset": SYNTHETIC_DATASET[cfg.dataset], "root": str(root), "synthetic": True}
 
 
+def machine_cache() -> Path:
+    """This machine's cache ($TRANSFUSION_CACHE, default ~/.cache/transfusion)."""
+    from transfusion.train.loop import cache_root
+
+    return cache_root()
+
+
+def pretrain_runs_dir() -> Path:
+    """Where on-the-fly pretraining runs live: once per machine, so every runs/ and results/
+    folder finds the same weights (their data, the synthetic natural-image source, is in the
+    same cache, so their run ids do not depend on where an experiment writes)."""
+    return machine_cache() / "pretrained"
+
+
 def natural_source(cfg: ExperimentConfig) -> dict:
     from transfusion.data.synthetic import ensure_synthetic
 
-    root = ensure_synthetic("natural", Path(cfg.cache), n_images=cfg.pretrain_images,
+    root = ensure_synthetic("natural", machine_cache() / "data", n_images=cfg.pretrain_images,
                             image_size=cfg.image_size, seed=0, n_classes=cfg.pretrain_classes)
     return {"dataset": "imagefolder", "root": str(root), "synthetic": True}
 
@@ -56,7 +73,8 @@ def natural_source(cfg: ExperimentConfig) -> dict:
 def training_spec(*, model: str, task: str, data: dict, init: str, seed: int, steps: int,
                   eval_every: int, image_size: int, batch_size: int | None,
                   checkpoint: str | None = None, upto: str | None = None, limit: int | None = None,
-                  snapshot_every: int = 0):
+                  snapshot_every: int = 0, bn_recalibration_images: int = 0,
+                  test_split: str | None = None):
     """The training stream's RunSpec for one run (the one place that knows its fields).
 
     Checkpoints are written at every evaluation so an interrupted short run resumes close to
@@ -69,17 +87,20 @@ def training_spec(*, model: str, task: str, data: dict, init: str, seed: int, st
     overrides = {"checkpoint_every": eval_every, "log_every": max(1, min(50, eval_every))}
     if snapshot_every:
         overrides["snapshot_every"] = int(snapshot_every)
+    if bn_recalibration_images:
+        overrides["bn_recalibration_images"] = int(bn_recalibration_images)
     return RunSpec(model=model, task=task, dataset=data["dataset"], data_root=data["root"],
                    init=init, checkpoint=checkpoint, upto=upto, seed=seed, steps=steps,
                    eval_every=eval_every, image_size=image_size, batch_size=batch_size,
-                   limit=limit, overrides=overrides)
+                   limit=limit, overrides=overrides, test_split=test_split)
 
 
 class RunsInterrupted(ConfigError):
     """A run stopped before its end (Ctrl-C, SIGTERM): rerun the same command to resume it."""
 
 
-def execute(cfg: ExperimentConfig, specs: list, jobs: "JobLog | None" = None) -> None:
+def execute(cfg: ExperimentConfig, specs: list, jobs: "JobLog | None" = None,
+            runs_dir: Path | None = None) -> None:
     """Run the specs with the chosen executor; finished runs are skipped, interrupted ones resumed.
 
     Locally the specs go one at a time, so that an interrupted run stops the whole plan (instead
@@ -93,14 +114,17 @@ def execute(cfg: ExperimentConfig, specs: list, jobs: "JobLog | None" = None) ->
     unique = list({s.run_id: s for s in specs}.values())
     if not unique:
         return
+    runs_dir = Path(runs_dir) if runs_dir is not None else cfg.runs_dir
     if cfg.executor == "submitit":
         kwargs = {"threads": cfg.threads, **cfg.executor_params}
+        # submitit's logs stay beside this experiment's runs, also for the machine-wide pretraining
+        kwargs.setdefault("folder", str(cfg.runs_dir / "_submitit"))
         if jobs is not None:
             kwargs["on_submit"] = jobs.add
     else:
         kwargs = {"device": cfg.device} if cfg.device else {}
         kwargs["workers"] = cfg.parallel_runs
-    ex = make_executor(cfg.executor, runs_dir=cfg.runs_dir, **kwargs)
+    ex = make_executor(cfg.executor, runs_dir=runs_dir, **kwargs)
     # one spec at a time locally (an interrupted run stops the plan there); a local pool and
     # submitit take the whole list (the pool stops queueing when a run stops early)
     one_by_one = cfg.executor == "local" and cfg.parallel_runs == 1
@@ -108,7 +132,7 @@ def execute(cfg: ExperimentConfig, specs: list, jobs: "JobLog | None" = None) ->
     from transfusion.experiments.runs import Progress
     from transfusion.train.spec import is_finished
 
-    todo = [s for s in unique if not is_finished(s, cfg.runs_dir)]
+    todo = [s for s in unique if not is_finished(s, runs_dir)]
     progress = Progress(len(todo)) if one_by_one and todo else None
     if len(todo) < len(unique):
         log.info("%d of %d runs of this plan already finished: skipped", len(unique) - len(todo),
@@ -116,7 +140,7 @@ def execute(cfg: ExperimentConfig, specs: list, jobs: "JobLog | None" = None) ->
     for batch in batches:
         if progress and batch[0] in todo:
             progress.starting(batch[0].run_id)
-        results = ex.run(batch, cfg.runs_dir)
+        results = ex.run(batch, runs_dir)
         if progress and batch[0] in todo:
             progress.finished(batch[0].run_id)
         if jobs is not None and cfg.executor == "submitit":
@@ -184,16 +208,20 @@ def resolve_pretrained(cfg: ExperimentConfig, models: list[str], jobs: JobLog | 
             todo.append(m)
     if todo:
         specs = {m: pretrain_spec(cfg, m) for m in todo}
+        where = pretrain_runs_dir()
         log.warning("NO --pretrained WEIGHTS for %s: pretraining them on the SYNTHETIC natural-image "
-                    "source (%d steps, made once and cached under %s). 'transfer' then means transfer "
-                    "from synthetic natural images, NOT ImageNet.", ", ".join(todo),
-                    cfg.pretrain_steps, cfg.runs_dir)
-        execute(cfg, list(specs.values()), jobs)
+                    "source (dead leaves, %d steps; made once per machine under %s). 'transfer' then "
+                    "means transfer from synthetic dead-leaves images, NOT ImageNet.", ", ".join(todo),
+                    cfg.pretrain_steps, where)
+        execute(cfg, list(specs.values()), jobs, runs_dir=where)
         for m, spec in specs.items():
-            out[m] = {"path": str(final_checkpoint(cfg.runs_dir / spec.run_id)),
+            run = where / spec.run_id
+            out[m] = {"path": str(final_checkpoint(run)),
                       "source": (f"pretrained ON THE FLY on the SYNTHETIC natural-image source "
-                                 f"({cfg.pretrain_steps} steps, {cfg.pretrain_images} images, "
-                                 f"{cfg.pretrain_classes} classes; run {spec.run_id}), NOT ImageNet")}
+                                 f"(dead-leaves images, {cfg.pretrain_steps} steps, "
+                                 f"{cfg.pretrain_images} images, {cfg.pretrain_classes} classes; run "
+                                 f"{run}), NOT ImageNet; remake it with `transfusion train --spec "
+                                 f"{run}/config.json --runs-dir {where}` after deleting that folder")}
     return out
 
 
@@ -247,7 +275,9 @@ def plan_experiment(cfg: ExperimentConfig, module, data: dict, pretrained: dict[
         spec = training_spec(model=model, task=cfg.dataset, data=data, init=init, seed=seed,
                              steps=cfg.steps, eval_every=cfg.eval_every, image_size=cfg.image_size,
                              batch_size=cfg.batch_size, checkpoint=ckpt, upto=upto, limit=limit,
-                             snapshot_every=cfg.snapshot_every)
+                             snapshot_every=cfg.snapshot_every,
+                             bn_recalibration_images=cfg.bn_recalibration_images,
+                             test_split=TEST_SPLIT)
         role = {"model": model, "init": init, "seed": seed, "upto": upto, "limit": limit}
         if slot:
             role["slot"] = slot

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transfusion.experiments.common import (base_row, final_metric, headline_key, load_plan_runs,
-                                            setup_text, standard_warnings)
+from transfusion.experiments.common import (base_row, final_metric, final_split, headline_key,
+                                            load_plan_runs, referable_test_scores, setup_text,
+                                            standard_warnings)
 from transfusion.experiments import claims
 from transfusion.report import document, figures, tables
 
@@ -32,6 +33,7 @@ def rows(plan_doc: dict, runs_dir: Path) -> list[dict]:
     for rec in load_plan_runs(plan_doc, runs_dir):
         row = base_row(rec, cfg, plan_doc["pretrained"])
         row["metric"] = key
+        row["evaluated_on"] = final_split(rec)
         row["auc"] = final_metric(rec, key)
         # beside AUC: AUPRC (precision-recall, telling on rare positives) and calibration (ECE)
         row["auprc"] = final_metric(rec, key.replace("auc", "auprc", 1))
@@ -41,6 +43,23 @@ def rows(plan_doc: dict, runs_dir: Path) -> list[dict]:
                 row[k] = final_metric(rec, k)
         out.append(row)
     return out
+
+
+def _test_scores(plan_doc: dict, runs_dir: Path) -> tuple[dict, object]:
+    """{(init, model, seed): referable scores} of the runs that kept their test outputs, and the
+    shared labels; ({}, None) unless every run has them on one and the same test set."""
+    import numpy as np
+
+    scores, labels = {}, None
+    for rec in load_plan_runs(plan_doc, runs_dir):
+        got = referable_test_scores(rec) if rec.finished else None
+        if got is None:
+            return {}, None
+        if labels is not None and not np.array_equal(labels, got[1]):
+            return {}, None
+        labels = got[1]
+        scores[(rec.role["init"], rec.role["model"], rec.role["seed"])] = got[0]
+    return scores, labels
 
 
 def report(plan_doc: dict, runs_dir: Path, out_dir: Path) -> Path:
@@ -54,7 +73,8 @@ def report(plan_doc: dict, runs_dir: Path, out_dir: Path) -> Path:
     reference = None
     if cfg["dataset"] == "retina":
         reference = {m: {i: paper[(m, i)] / 100 for i in INITS if (m, i) in paper} for m in cfg["models"]}
-    figures.grouped_bars(groups, out_dir / "auc.png", ylabel=f"validation {headline_key(cfg['dataset'])}",
+    split = "test" if rs and all(r["evaluated_on"].startswith("test") for r in rs) else "final"
+    figures.grouped_bars(groups, out_dir / "auc.png", ylabel=f"{split} {headline_key(cfg['dataset'])}",
                          title=f"{cfg['dataset']} AUC, mean ± std over seeds"
                                + (f" (train limit {small})" if small else ""),
                          reference=reference, reference_label="paper (real retina)")
@@ -72,7 +92,8 @@ def report(plan_doc: dict, runs_dir: Path, out_dir: Path) -> Path:
             body.append([m, i, tables.fmt_mean_std(*stats[(m, i)]),
                          tables.fmt_mean_std(*auprc[(m, i)]) if (m, i) in auprc else "n/a",
                          tables.fmt_mean_std(*ece[(m, i)]) if (m, i) in ece else "n/a", p_txt])
-    found = claims.performance(rs, list(cfg["models"]), "auc.png")
+    scores, labels = _test_scores(plan_doc, runs_dir)
+    found = claims.performance(rs, list(cfg["models"]), "auc.png", scores, labels)
     claims.write(out_dir, found)
     sections = [claims.section(found),
                 ("Results" + (f" on {small} training images (Table 3)" if small else " (Tables 1, 2)"),
@@ -91,6 +112,6 @@ def report(plan_doc: dict, runs_dir: Path, out_dir: Path) -> Path:
         sections.append(("Per pathology (CheXpert, Table 2)", tables.markdown_table(head, body)))
     return document.write_report(
         out_dir, title=TITLE, question=QUESTION, setup=setup_text(plan_doc, rs), sections=sections,
-        figures=[("Validation AUC per model and initialisation (bars: mean over seeds, whiskers: std)",
-                  "auc.png")], warnings=standard_warnings(plan_doc, rs))
+        figures=[(f"{split.capitalize()} AUC per model and initialisation (bars: mean over seeds, "
+                  "whiskers: std)", "auc.png")], warnings=standard_warnings(plan_doc, rs))
 

@@ -24,6 +24,9 @@ def _run_one(spec_dict: dict, runs_dir: str, device: str | None, num_workers: in
     """Top-level (picklable) worker of the executors."""
     import torch
 
+    if not logging.getLogger().handlers:  # a spawned pool worker: log like the parent command
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
     from transfusion.train import run_training
 
     if threads:

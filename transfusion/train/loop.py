@@ -58,7 +58,8 @@ from transfusion.train.checkpoint import (get_rng_state, last_checkpoint, load_s
                                           set_rng_state)
 from transfusion.train.recipes import (Recipe, describe_schedule, get_recipe, lr_factor,
                                        steps_per_epoch)
-from transfusion.utils import atomic_write_json, atomic_write_text, remove_stale_temp_files
+from transfusion.utils import (atomic_write_bytes, atomic_write_json, atomic_write_text,
+                               remove_stale_temp_files)
 from transfusion.validation import check_model_input
 
 log = logging.getLogger(__name__)
@@ -363,9 +364,22 @@ def _to(x, device, channels_last=False):
     return x
 
 
+def save_test_outputs(path: Path, logits: torch.Tensor, targets: torch.Tensor,
+                      masks: torch.Tensor) -> None:
+    """The test split's gathered outputs as npz (see ``RunFolder.test_outputs``), written atomically."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, logits=logits.float().numpy(), targets=targets.numpy(),
+                        masks=masks.float().numpy())
+    atomic_write_bytes(path, buf.getvalue())
+
+
 @torch.no_grad()
-def evaluate(model, loader, task: TaskInfo, recipe: Recipe, ctx: D.DistContext) -> dict:
-    """Metrics (and the mean loss) on the evaluation set; shards gathered before any metric."""
+def evaluate(model, loader, task: TaskInfo, recipe: Recipe, ctx: D.DistContext,
+             keep: list | None = None) -> dict:
+    """Metrics (and the mean loss) on the evaluation set; shards gathered before any metric.
+    ``keep``: a list that receives the gathered (logits, targets, masks)."""
     was = model.training
     model.eval()
     lg, tg, mk = [], [], []
@@ -382,6 +396,8 @@ def evaluate(model, loader, task: TaskInfo, recipe: Recipe, ctx: D.DistContext) 
              torch.zeros(lab))
     parts = [torch.cat(p) if p else e for p, e in zip((lg, tg, mk), empty)]
     logits, targets, masks = D.gather_cat(ctx, parts)
+    if keep is not None:
+        keep.append((logits, targets, masks))
     s, n = loss_fn(task.kind, logits, targets, masks, reduction="sum")
     out = {"eval_loss": float(s / n)}
     with warnings.catch_warnings(record=True) as caught:
@@ -631,10 +647,10 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
         with _autocast(recipe, ctx.device):
             return m(_to(x, ctx.device, recipe.channels_last))
 
-    def measure(loader) -> dict:
+    def measure(loader, keep: list | None = None) -> dict:
         D.broadcast_buffers(ctx, model)  # every shard evaluated with the model rank 0 saves
         with recalibrated_batchnorm(model, recal_loader, forward, ctx):
-            return evaluate(model, loader, task, recipe, ctx)
+            return evaluate(model, loader, task, recipe, ctx, keep)
 
     def do_eval(step: int) -> dict:
         t0 = time.perf_counter()
@@ -783,9 +799,12 @@ def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
              "best": {"value": best[head], "step": best["step"]} if best else None}
     if test_ds is not None:  # once, after the last step: a resumed run redoes it before final.json
         t0 = time.perf_counter()
+        outputs: list = []
         final["test"] = {"split": spec.test_split, "size": len(test_ds),
-                         **measure(shard_loader(test_ds)),
+                         **measure(shard_loader(test_ds), outputs),
                          "test_s": round(time.perf_counter() - t0, 3)}
+        if main:
+            save_test_outputs(folder.test_outputs, *outputs[0])
         if main:
             log.info("run %s test (%s): %s %.4f", spec.run_id, spec.test_split, head,
                      final["test"].get(head, math.nan))

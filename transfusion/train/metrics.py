@@ -151,6 +151,11 @@ def _nanmean(values: Iterable[float], what: str) -> float:
     return float(np.mean(vals))
 
 
+def referable_scores(logits, referable_grade: int = REFERABLE_GRADE) -> np.ndarray:
+    """Referable-DR score per image: the softmax mass on grades >= ``referable_grade``."""
+    return _softmax(_np(logits))[:, referable_grade:].sum(1).clip(0.0, 1.0)
+
+
 def retina_metrics(logits, grades, *, referable_grade: int = REFERABLE_GRADE) -> dict:
     """Grade logits (n, 5) and true grades (n,) -> auc_referable (headline), kappa, auc_macro_ovr.
 
@@ -163,7 +168,7 @@ def retina_metrics(logits, grades, *, referable_grade: int = REFERABLE_GRADE) ->
         raise ValueError(f"retina_metrics: logits {lg.shape} do not match grades {g.shape}")
     k = lg.shape[1]
     prob = _softmax(lg)
-    referable = prob[:, referable_grade:].sum(1).clip(0.0, 1.0)
+    referable = referable_scores(lg, referable_grade)
     out = {"auc_referable": roc_auc(referable, g >= referable_grade, name="referable-DR AUC"),
            "auprc_referable": average_precision(referable, g >= referable_grade,
                                                 name="referable-DR AUPRC"),

@@ -86,6 +86,13 @@ class RunFolder:
     def model_final(self) -> Path:
         return self.path / "model_final.pt"
 
+    @property
+    def test_outputs(self) -> Path:
+        """The final model's outputs on the test split (``RunSpec.test_split``), one row per image
+        in the split's order: npz of ``logits`` (n, outputs), ``targets`` and ``masks``; paired
+        comparisons over one shared test set (bootstrap, DeLong) read them."""
+        return self.path / "test_outputs.npz"
+
     # what analyses add
     @property
     def similarity(self) -> Path:
