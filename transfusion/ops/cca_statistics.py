@@ -357,7 +357,7 @@ class CCAStatistics:
             for (x, y), m, r in zip(pairs, moments, results):
                 g = self._groups[self._group_of[x]]
                 _similarity.add_resampled(r, g.resampler, g.layers.index(x), g.layers.index(y), m,
-                                          keep, rtol, debiased, ci, chance, where=f" of {(x, y)}")
+                                          keep, rtol, debiased, ci, chance)
         warn_about(results, where=f" of {pairs[0]}" if not batched else "")
         return results if batched else results[0]
 

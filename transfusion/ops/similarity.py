@@ -686,9 +686,10 @@ def _gemm_precision(method: str, precision: str, x: torch.Tensor, y: torch.Tenso
 
 
 def add_resampled(result: SimilarityResult, res: "_resampling.Resampler", ia: int, ib: int, main: Moments,
-                  keep: float | None, rtol: float, debiased: bool, ci: float | None, chance: bool,
-                  where: str = "") -> None:
-    """Fill ``result.ci`` (bootstrap percentile interval, level ``ci``) and / or ``result.chance``
+                  keep: float | None, rtol: float, debiased: bool, ci: float | None,
+                  chance: bool) -> None:
+    """Fill ``result.ci`` (bootstrap percentile interval re-centred on the value, level ``ci``;
+    transfusion.ops.resampling says why) and / or ``result.chance``
     (re-paired datapoints) from a Resampler that saw the pair's layers ia (x) and ib (y)."""
     method = result.method
     if ci is not None:
@@ -696,14 +697,8 @@ def add_resampled(result: SimilarityResult, res: "_resampling.Resampler", ia: in
         with _small_linalg_threads(reps[0].cxx.device):
             values = torch.tensor([r.mean for r in finalise_many(method, reps, keep, rtol, debiased)],
                                   dtype=torch.float64)
-        result.ci = _resampling.percentile_interval(values, ci)
+        result.ci = _resampling.percentile_interval(values, ci, result.mean)
         result.ci_level, result.replicates, result.seed = float(ci), res.replicates, res.seed
-        if not result.ci[0] <= result.mean <= result.ci[1]:
-            warnings.warn(f"{method}{where}: the bootstrap interval ({result.ci[0]:.4f}, "
-                          f"{result.ci[1]:.4f}) misses the value {result.mean:.4f}: the replicates "
-                          f"are shifted (a resample repeats datapoints, which raises CCA-family values "
-                          f"when there are few datapoints per neuron); trust the interval's width only",
-                          RuntimeWarning, stacklevel=3)
     if chance:
         shuffled = res.chance_moments(main, ia, ib)
         with _small_linalg_threads(shuffled.cxx.device):
@@ -787,7 +782,8 @@ def svcca(x: Any, y: Any, keep: float = 0.99, *, rtol: float = DEFAULT_RTOL,
     "float32" (always fast) or "float64" (float64 GEMMs; always for float64 inputs).
 
     ``ci=0.95``: also ``.ci`` = (low, high), the percentile interval of ``.mean`` over
-    ``replicates`` Poisson-bootstrap replicates of the datapoints (seeded by ``seed``); costs
+    ``replicates`` Poisson-bootstrap replicates of the datapoints (seeded by ``seed``), re-centred
+    on ``.mean`` (resampling repeats datapoints, which shifts CCA-family replicates up); costs
     replicates x (a + b + 2)^2 x 8 bytes and replicates x one float64 Gram pass
     (transfusion.ops.resampling). ``chance=True``: also ``.chance``, the value with x's datapoints
     paired with y's in a seeded random order: what unrelated layers of these widths and this n
