@@ -861,7 +861,8 @@ def _rbf_run(x: Any, y: Any, kernel: str, sigma: float, debiased: bool, layout: 
         raise InputError("ci / chance are for the linear statistics; kernel='rbf' has neither "
                          "(drop ci= / chance=, or use kernel='linear')")
     if not (isinstance(sigma, (int, float)) and 0 < sigma < math.inf):
-        raise InputError(f"sigma must be a positive number (a fraction of the median distance), got {sigma!r}")
+        raise InputError(f"sigma must be a positive number (a fraction of the median distance), "
+                         f"got {sigma!r}")
     batched = isinstance(x, (list, tuple))
     if batched != isinstance(y, (list, tuple)) or (batched and len(x) != len(y)):
         raise InputError("for a batched call pass two lists of equal length (x_i paired with y_i)")
