@@ -32,6 +32,15 @@ in one group. Without ``groups`` every layer is its own group (only self-statist
 settings given here (position subsampling is seeded with the batch index, so the layers of a
 group with the same grid get the same positions). Statistics merge exactly across processes
 (``merge``; ``all_reduce`` for torch.distributed) and save / load with ``save`` / ``load``.
+
+``replicates=200`` and / or ``chance=True`` (with ``seed``) also keep, per group, the bootstrap
+replicate sums and the re-paired cross sums of ``transfusion.ops.resampling`` (its docstring has
+the schemes): then ``stats.svcca(a, b, ci=0.95)`` gives ``.ci`` and ``stats.svcca(a, b,
+chance=True)`` gives ``.chance``, the same numbers as ``ops.svcca(x, y, ci=0.95, chance=True,
+seed=seed)`` on the concatenated batches of a two-layer group (any batch sizes). Memory per group
+of width W over k layers: replicates x (W + k)^2 x 8 bytes, and 2 x 1024 x (W + k) x 8 +
+(W + k)^2 x 8 bytes for chance; time: replicates (resp. one) float64 Gram passes more per batch.
+Such statistics save / load, but do not merge (``merge`` / ``all_reduce`` refuse them).
 """
 from __future__ import annotations
 
@@ -46,6 +55,7 @@ from transfusion.errors import InputError
 from transfusion.ops import gram as _gram
 from transfusion.ops.datapoints import conv_to_datapoints
 from transfusion.ops import precision as _precision
+from transfusion.ops import resampling as _resampling
 from transfusion.ops import similarity as _similarity
 from transfusion.ops.similarity import (AUTO_TARGET, DEFAULT_RTOL, METHODS, SimilarityResult, as_tensor,
                                         check_finite, _input_dtype, _small_linalg_threads, finalise_many,
@@ -76,6 +86,8 @@ class _Group:
     row_sums: torch.Tensor | None = None
     row_totals: torch.Tensor | None = None
     pending: dict[str, torch.Tensor] = field(default_factory=dict)
+    # replicates / chance: bootstrap and re-pairing sums (transfusion.ops.resampling)
+    resampler: _resampling.Resampler | None = None
 
     def rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         if self.row_products is None or self.row_sums is None or self.row_totals is None:
@@ -134,9 +146,12 @@ class CCAStatistics:
 
     def __init__(self, groups: Mapping[str, Sequence[str]] | Sequence[Sequence[str]] | Sequence[str] | None = None,
                  *, pool: int | tuple[int, int] | None = None, max_positions: int | None = None,
-                 chunk_rows: int = STREAM_CHUNK_ROWS, precision: str = "float64") -> None:
+                 chunk_rows: int = STREAM_CHUNK_ROWS, precision: str = "float64",
+                 replicates: int | None = None, chance: bool = False, seed: int = 0) -> None:
         if precision not in ("float32", "float64"):
             raise InputError(f"precision must be 'float32' or 'float64', got {precision!r}")
+        _resampling.check_options(None, replicates, seed)
+        self.replicates, self.chance, self.seed = replicates, bool(chance), int(seed)
         self.precision = precision
         self.pool = pool
         self.max_positions = max_positions
@@ -245,6 +260,11 @@ class CCAStatistics:
         if group.rows() is not None:
             for acc, t in zip(group.rows(), _similarity.row_norm_sums(xs, group.shift, self.chunk_rows)):
                 acc += t.to(acc.device)
+        if self.replicates or self.chance:
+            if group.resampler is None:
+                group.resampler = _resampling.Resampler(widths, self.replicates, self.chance,
+                                                        self.seed, group.gram.device)
+            group.resampler.update(xs)
         group.gram += gram.to(group.gram.device)
         group.colsum += colsum.to(group.colsum.device)
         group.n += int(xs[0].shape[0])
@@ -266,8 +286,10 @@ class CCAStatistics:
 
     def memory_bytes(self) -> int:
         """Bytes held by the statistics (Grams + sums + shifts + row-norm sums)."""
-        return sum(t.numel() * t.element_size() for g in self._groups.values()
-                   for t in (getattr(g, k) for k in _TENSOR_KEYS) if t is not None)
+        resampled = sum(_resampling.memory_bytes(g.widths, self.replicates, self.chance)
+                        for g in self._groups.values() if g.resampler is not None)
+        return resampled + sum(t.numel() * t.element_size() for g in self._groups.values()
+                               for t in (getattr(g, k) for k in _TENSOR_KEYS) if t is not None)
 
     def _moments(self, a: str, b: str, debiased: bool = False):
         for name in (a, b):
@@ -302,11 +324,21 @@ class CCAStatistics:
                                  g.input_dtype, var, rows)
 
     def similarity(self, a: str | Sequence[str], b: str | Sequence[str], method: str = "svcca",
-                   keep: float = 0.99, rtol: float = DEFAULT_RTOL, debiased: bool = False):
+                   keep: float = 0.99, rtol: float = DEFAULT_RTOL, debiased: bool = False,
+                   ci: float | None = None, chance: bool = False):
         """One result for two layer names; for two lists of names, a list of results per pair
-        (zip), with the eigendecompositions batched. ``debiased``: for method="cka" only."""
+        (zip), with the eigendecompositions batched. ``debiased``: for method="cka" only.
+        ``ci`` / ``chance``: the bootstrap interval / chance floor (module docstring); need the
+        statistics made with ``replicates=`` / ``chance=True``."""
         if method not in METHODS:
             raise InputError(f"method must be one of {METHODS}, got {method!r}")
+        _resampling.check_options(ci, None, self.seed)
+        if ci is not None and not self.replicates:
+            raise InputError("ci needs bootstrap replicates accumulated with the statistics: "
+                             "CCAStatistics(..., replicates=200) and feed the batches again")
+        if chance and not self.chance:
+            raise InputError("chance needs the re-paired sums accumulated with the statistics: "
+                             "CCAStatistics(..., chance=True) and feed the batches again")
         if debiased and method != "cka":
             raise InputError(f"debiased=True is for method='cka', got method={method!r}")
         batched = not isinstance(a, str)
@@ -321,25 +353,39 @@ class CCAStatistics:
                     f"the rounding model puts this result's error near {r.error_estimate:.1g} "
                     f"(target {AUTO_TARGET:g}); accumulate with precision='float64'.",
                     RuntimeWarning, stacklevel=2)
+        if ci is not None or chance:
+            for (x, y), m, r in zip(pairs, moments, results):
+                g = self._groups[self._group_of[x]]
+                _similarity.add_resampled(r, g.resampler, g.layers.index(x), g.layers.index(y), m,
+                                          keep, rtol, debiased, ci, chance)
         warn_about(results, where=f" of {pairs[0]}" if not batched else "")
         return results if batched else results[0]
 
-    def svcca(self, a, b, keep: float = 0.99, rtol: float = DEFAULT_RTOL) -> SimilarityResult:
-        return self.similarity(a, b, "svcca", keep, rtol)
+    def svcca(self, a, b, keep: float = 0.99, rtol: float = DEFAULT_RTOL, *, ci: float | None = None,
+              chance: bool = False) -> SimilarityResult:
+        return self.similarity(a, b, "svcca", keep, rtol, ci=ci, chance=chance)
 
-    def cca(self, a, b, rtol: float = DEFAULT_RTOL) -> SimilarityResult:
-        return self.similarity(a, b, "cca", rtol=rtol)
+    def cca(self, a, b, rtol: float = DEFAULT_RTOL, *, ci: float | None = None,
+            chance: bool = False) -> SimilarityResult:
+        return self.similarity(a, b, "cca", rtol=rtol, ci=ci, chance=chance)
 
-    def pwcca(self, a, b, rtol: float = DEFAULT_RTOL) -> SimilarityResult:
-        return self.similarity(a, b, "pwcca", rtol=rtol)
+    def pwcca(self, a, b, rtol: float = DEFAULT_RTOL, *, ci: float | None = None,
+              chance: bool = False) -> SimilarityResult:
+        return self.similarity(a, b, "pwcca", rtol=rtol, ci=ci, chance=chance)
 
-    def cka(self, a, b, debiased: bool = False) -> SimilarityResult:
-        """Linear CKA; ``debiased=True``: from the unbiased HSIC (``similarity.cka``), n >= 4."""
-        return self.similarity(a, b, "cka", debiased=debiased)
+    def cka(self, a, b, debiased: bool = False, *, ci: float | None = None, chance: bool = False,
+            kernel: str = "linear") -> SimilarityResult:
+        """Linear CKA; ``debiased=True``: from the unbiased HSIC (``similarity.cka``), n >= 4.
+        RBF CKA needs the n x n kernels, which streamed statistics do not have."""
+        if kernel != "linear":
+            raise InputError(f"kernel={kernel!r} needs the n x n kernels, so it is in memory only: "
+                             f"ops.cka(x, y, kernel='rbf') on at most "
+                             f"{_similarity.RBF_MAX_DATAPOINTS} datapoints")
+        return self.similarity(a, b, "cka", debiased=debiased, ci=ci, chance=chance)
 
-    def procrustes(self, a, b) -> SimilarityResult:
+    def procrustes(self, a, b, *, ci: float | None = None, chance: bool = False) -> SimilarityResult:
         """Orthogonal Procrustes similarity (``similarity.procrustes``)."""
-        return self.similarity(a, b, "procrustes")
+        return self.similarity(a, b, "procrustes", ci=ci, chance=chance)
 
     # ---- merging, distributed, files ------------------------------------------------------------
 
@@ -353,6 +399,10 @@ class CCAStatistics:
         if other is self:
             raise InputError("cannot merge statistics with themselves (that would count every "
                              "datapoint twice); merge a copy made from other data")
+        if self.replicates or self.chance or other.replicates or other.chance:
+            raise InputError("statistics with bootstrap replicates or chance pairing do not merge "
+                             "(the weights and the pairing follow one stream); accumulate them in one "
+                             "process, or merge statistics made without replicates= / chance=")
         for key in ("pool", "max_positions", "chunk_rows", "precision"):
             here, there = getattr(self, key), getattr(other, key)
             if (list(here) if isinstance(here, (list, tuple)) else here) != \
@@ -422,6 +472,10 @@ class CCAStatistics:
 
         if not (dist.is_available() and dist.is_initialized()):
             raise InputError("all_reduce needs torch.distributed to be initialised (init_process_group)")
+        if self.replicates or self.chance:
+            raise InputError("statistics with bootstrap replicates or chance pairing do not "
+                             "all_reduce (the weights and the pairing follow one stream); accumulate "
+                             "them in one process")
         src = dist.get_global_rank(group, 0) if group is not None else 0
         for gname in sorted(self._groups):
             g = self._groups[gname]
@@ -460,8 +514,12 @@ class CCAStatistics:
                 **{k: None if getattr(g, k) is None else getattr(g, k).detach().cpu()
                    for k in _TENSOR_KEYS},
             }
+            if g.resampler is not None:
+                groups[gname]["resampler"] = g.resampler.state_dict()
         return {"format": FORMAT, "version": 1, "declared": self._declared, "pool": self.pool,
                 "precision": self.precision,
+                **({"replicates": self.replicates, "chance": self.chance, "seed": self.seed}
+                   if self.replicates or self.chance else {}),
                 "max_positions": self.max_positions, "chunk_rows": self.chunk_rows, "groups": groups}
 
     def save(self, path: str | os.PathLike) -> None:
@@ -491,7 +549,8 @@ class CCAStatistics:
         groups = {k: v["layers"] for k, v in state["groups"].items()}
         stats = cls(groups if state["declared"] else None, pool=state["pool"],
                     max_positions=state["max_positions"], chunk_rows=state["chunk_rows"],
-                    precision=state.get("precision", "float64"))
+                    precision=state.get("precision", "float64"), replicates=state.get("replicates"),
+                    chance=bool(state.get("chance", False)), seed=int(state.get("seed", 0)))
         for gname, v in state["groups"].items():
             if gname not in stats._groups:
                 stats._add_group(gname, v["layers"])
@@ -507,6 +566,8 @@ class CCAStatistics:
                 setattr(g, k, v.get(k))
             if g.rows() is None:
                 g.row_products = g.row_sums = g.row_totals = None
+            if v.get("resampler") is not None:
+                g.resampler = _resampling.Resampler.from_state_dict(v["resampler"])
         return stats
 
     @classmethod
@@ -527,6 +588,8 @@ class CCAStatistics:
                 for k in _TENSOR_KEYS:
                     if getattr(g, k) is not None:
                         setattr(g, k, getattr(g, k).to(map_location))
+                if g.resampler is not None:
+                    g.resampler.to(map_location)
         return stats
 
     def __repr__(self) -> str:

@@ -16,9 +16,12 @@ Conventions shared with the fast ops (``transfusion.ops.similarity``):
   * PWCCA weights correlation i by alpha_i = sum_j |<h_i, x_j>| (h_i the unit-norm canonical
     variate of x, x_j the centred neurons of x), normalised to sum 1 (Morcos et al. 2018).
   * Linear CKA = ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F) on the centred matrices.
+  * The resampling of ``transfusion.ops.resampling``: the chance pairing simulated row by row
+    (``chance_pairing``) and bootstrap replicates as datasets with repeated rows (``bootstrap_values``).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 DEFAULT_RTOL = 1e-6
@@ -98,19 +101,85 @@ def cka_debiased(x: torch.Tensor, y: torch.Tensor) -> float:
     CKA = HSIC_1(K, L) / sqrt(HSIC_1(K, K) HSIC_1(L, L)) (Kornblith's colab, debiased=True).
     O(n^2) memory: for tests."""
     xc, yc = _centred(x), _centred(y)
-    n = xc.shape[0]
+    return _kernel_cka(xc @ xc.T, yc @ yc.T, debiased=True)
 
-    def hsic(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
-        k = k - torch.diag(torch.diagonal(k))
-        l = l - torch.diag(torch.diagonal(l))
-        one = torch.ones(n, dtype=torch.float64)
-        # tr(K~ L~) = sum_ij K~_ij L~_ji and 1^T K~ L~ 1 = (K~^T 1).(L~ 1): O(n^2), no n^3 product
-        return ((k * l.T).sum() + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2))
-                - 2.0 / (n - 2) * ((one @ k) @ (l @ one))) / (n * (n - 3))
 
-    k, l = xc @ xc.T, yc @ yc.T
+def _unbiased_hsic(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+    n = k.shape[0]
+    k = k - torch.diag(torch.diagonal(k))
+    l = l - torch.diag(torch.diagonal(l))
+    one = torch.ones(n, dtype=torch.float64)
+    # tr(K~ L~) = sum_ij K~_ij L~_ji and 1^T K~ L~ 1 = (K~^T 1).(L~ 1): O(n^2), no n^3 product
+    return ((k * l.T).sum() + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2))
+            - 2.0 / (n - 2) * ((one @ k) @ (l @ one))) / (n * (n - 3))
+
+
+def _biased_hsic(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+    """tr(H K H H L H) with the centring matrix H = I - 11^T / n, as written (O(n^3))."""
+    n = k.shape[0]
+    h = torch.eye(n, dtype=torch.float64) - torch.full((n, n), 1.0 / n, dtype=torch.float64)
+    return torch.trace(h @ k @ h @ h @ l @ h)
+
+
+def _kernel_cka(k: torch.Tensor, l: torch.Tensor, debiased: bool) -> float:
+    hsic = _unbiased_hsic if debiased else _biased_hsic
     den = torch.sqrt(hsic(k, k) * hsic(l, l))
     return float(hsic(k, l) / den) if den > 0 else 0.0
+
+
+def rbf_cka(x: torch.Tensor, y: torch.Tensor, sigma: float = 1.0, debiased: bool = False) -> float:
+    """RBF-kernel CKA as Kornblith et al.'s colab: squared distances from the row differences,
+    K = exp(-d^2 / (2 sigma^2 median(d^2))) (numpy's median over all n^2 entries, diagonal
+    included), then CKA from the biased HSIC tr(HKH HLH) or the unbiased one. O(n^2 width) memory."""
+    def kernel(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach().to(torch.float64)
+        d = ((t[:, None, :] - t[None, :, :]) ** 2).sum(-1)
+        med = float(np.median(d.numpy()))
+        return torch.exp(-d / (2 * sigma**2 * med))
+
+    return _kernel_cka(kernel(x), kernel(y), debiased)
+
+
+# ---- the resampling schemes of transfusion.ops.resampling, row by row ------------------------------
+
+def chance_pairing(n: int, seed: int, block: int = 1024) -> torch.Tensor:
+    """sigma (n,): datapoint i of x is paired with datapoint sigma[i] of y by the one-pass scheme
+    of ``transfusion.ops.resampling`` (a pool of ``block`` y-rows; block j's permutation from
+    numpy.random.default_rng([seed, 1, j]), the closing one from [seed, 1, 2^63 - 1]), simulated
+    one datapoint at a time."""
+    pool = [-1] * block
+    head = []
+    sigma = [-1] * n
+    for i in range(n):
+        j, t = divmod(i, block)
+        if t == 0:
+            perm = np.random.default_rng([seed, 1, j]).permutation(block)
+        slot = int(perm[t])
+        if j == 0:
+            head.append(i)
+        else:
+            sigma[i] = pool[slot]
+        pool[slot] = i
+    filled = [s for s in (range(block) if n >= block else
+                          np.random.default_rng([seed, 1, 0]).permutation(block)[:n])]
+    order = np.random.default_rng([seed, 1, 2**63 - 1]).permutation(len(head))
+    for t, i in enumerate(head):
+        sigma[i] = pool[int(filled[int(order[t])])]
+    return torch.tensor(sigma)
+
+
+def bootstrap_values(fn, x: torch.Tensor, y: torch.Tensor, seed: int, replicates: int,
+                     block: int = 1024) -> list[float]:
+    """fn on each Poisson-bootstrap replicate: datapoint i repeated w_ri times, w from
+    numpy.random.default_rng([seed, 0, i // block]).poisson(1, (block, replicates))[i % block]."""
+    n = x.shape[0]
+    w = np.concatenate([np.random.default_rng([seed, 0, j]).poisson(1.0, (block, replicates))
+                        for j in range((n + block - 1) // block)])[:n]
+    out = []
+    for r in range(replicates):
+        reps = torch.from_numpy(w[:, r].astype(np.int64))
+        out.append(float(fn(x.repeat_interleave(reps, 0), y.repeat_interleave(reps, 0))))
+    return out
 
 
 def procrustes(x: torch.Tensor, y: torch.Tensor) -> float:

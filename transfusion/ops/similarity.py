@@ -56,6 +56,7 @@ import torch
 from transfusion.errors import InputError
 from transfusion.ops import gram as _gram
 from transfusion.ops import precision as _precision
+from transfusion.ops import resampling as _resampling
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,11 @@ LAYOUTS = ("datapoints_first", "neurons_first")
 METHODS = ("svcca", "cca", "pwcca", "cka", "procrustes")
 # methods whose result is one number with no canonical correlations (kept = the layers' widths)
 _WHOLE_LAYER = ("cka", "procrustes")
+# cka(kernel="rbf"): bandwidth as a fraction of the median distance (Kornblith's colab default
+# threshold=1.0) and the largest n (its n x n kernels: about 3 x n^2 x 8 bytes, 2.4 GB here)
+KERNELS = ("linear", "rbf")
+RBF_SIGMA = 1.0
+RBF_MAX_DATAPOINTS = 10_000
 
 
 @dataclass
@@ -104,6 +110,17 @@ class SimilarityResult:
     error_estimate: float | None = None
     # cka only: from the unbiased HSIC estimator (Song et al. 2012), not the biased one
     debiased: bool = False
+    # ci=...: the bootstrap percentile interval of ``mean`` (transfusion.ops.resampling), its level,
+    # the replicates and the seed it came from
+    ci: tuple[float, float] | None = None
+    ci_level: float | None = None
+    replicates: int | None = None
+    seed: int | None = None
+    # chance=True: the value with x's and y's datapoints re-paired at random (unrelated layers' floor)
+    chance: float | None = None
+    # cka only: "linear" or "rbf" (sigma: the bandwidth as a fraction of the median distance)
+    kernel: str = "linear"
+    sigma: float | None = None
 
     def __float__(self) -> float:
         return float(self.mean)
@@ -118,6 +135,12 @@ class SimilarityResult:
             extra += f", dropped=({len(self.dropped[0])}, {len(self.dropped[1])})"
         if self.few_datapoints:
             extra += ", few_datapoints=True"
+        if self.kernel != "linear":
+            extra += f", kernel={self.kernel!r}, sigma={self.sigma}"
+        if self.ci is not None:
+            extra += f", ci=({self.ci[0]:.6f}, {self.ci[1]:.6f})"
+        if self.chance is not None:
+            extra += f", chance={self.chance:.6f}"
         return (f"SimilarityResult(method={self.method!r}, mean={self.mean:.6f}, n={self.n}, "
                 f"kept={self.kept}, dtype={self.dtype}{extra}, coefficients=[{shown}] ({len(c)}))")
 
@@ -131,6 +154,12 @@ class SimilarityResult:
             "dropped": [list(self.dropped[0]), list(self.dropped[1])],
             "few_datapoints": bool(self.few_datapoints), "error_estimate": self.error_estimate,
             "debiased": bool(self.debiased),
+            # the optional fields only when set, so a plain result's JSON is what it always was
+            **{k: v for k, v in (("ci", None if self.ci is None else [float(c) for c in self.ci]),
+                                 ("ci_level", self.ci_level), ("replicates", self.replicates),
+                                 ("seed", self.seed), ("chance", self.chance),
+                                 ("sigma", self.sigma)) if v is not None},
+            **({"kernel": self.kernel} if self.kernel != "linear" else {}),
         }
 
     def to_json(self, indent: int | None = None) -> str:
@@ -145,7 +174,10 @@ class SimilarityResult:
                    weights=None if d.get("weights") is None else torch.tensor(d["weights"], dtype=torch.float64),
                    dropped=tuple(tuple(int(i) for i in side) for side in d.get("dropped", ((), ()))),
                    few_datapoints=bool(d.get("few_datapoints", False)),
-                   error_estimate=d.get("error_estimate"), debiased=bool(d.get("debiased", False)))
+                   error_estimate=d.get("error_estimate"), debiased=bool(d.get("debiased", False)),
+                   ci=None if d.get("ci") is None else (float(d["ci"][0]), float(d["ci"][1])),
+                   ci_level=d.get("ci_level"), replicates=d.get("replicates"), seed=d.get("seed"),
+                   chance=d.get("chance"), kernel=d.get("kernel", "linear"), sigma=d.get("sigma"))
 
 
 @dataclass
@@ -653,9 +685,49 @@ def _gemm_precision(method: str, precision: str, x: torch.Tensor, y: torch.Tenso
     return "auto"
 
 
+def add_resampled(result: SimilarityResult, res: "_resampling.Resampler", ia: int, ib: int, main: Moments,
+                  keep: float | None, rtol: float, debiased: bool, ci: float | None,
+                  chance: bool) -> None:
+    """Fill ``result.ci`` (bootstrap percentile interval re-centred on the value, level ``ci``;
+    transfusion.ops.resampling says why) and / or ``result.chance``
+    (re-paired datapoints) from a Resampler that saw the pair's layers ia (x) and ib (y)."""
+    method = result.method
+    if ci is not None:
+        reps = res.replicate_moments(ia, ib, main.input_dtype, debiased)
+        with _small_linalg_threads(reps[0].cxx.device):
+            values = torch.tensor([r.mean for r in finalise_many(method, reps, keep, rtol, debiased)],
+                                  dtype=torch.float64)
+        result.ci = _resampling.percentile_interval(values, ci, result.mean)
+        result.ci_level, result.replicates, result.seed = float(ci), res.replicates, res.seed
+    if chance:
+        shuffled = res.chance_moments(main, ia, ib)
+        with _small_linalg_threads(shuffled.cxx.device):
+            result.chance = finalise_many(method, [shuffled], keep, rtol, debiased)[0].mean
+        result.seed = res.seed
+
+
+def _resample_pairs(method: str, pairs: list[tuple[torch.Tensor, torch.Tensor]], moments: list[Moments],
+                    results: list[SimilarityResult], keep: float | None, rtol: float, debiased: bool,
+                    chunk_rows: int, opts: dict[str, Any]) -> None:
+    """ci / chance for in-memory pairs: the same Resampler the streamed statistics use, fed the
+    pair in chunks, so both give the same replicates and pairing for the same seed."""
+    ci, chance = opts.get("ci"), bool(opts.get("chance"))
+    if ci is None and not chance:
+        return
+    replicates = opts.get("replicates", _resampling.DEFAULT_REPLICATES) if ci is not None else None
+    chunk = max(1, int(chunk_rows))
+    for (x, y), m, r in zip(pairs, moments, results):
+        res = _resampling.Resampler([x.shape[1], y.shape[1]], replicates, chance, opts.get("seed", 0),
+                                    x.device)
+        for r0 in range(0, x.shape[0], chunk):
+            res.update([x[r0:r0 + chunk], y[r0:r0 + chunk]])
+        add_resampled(r, res, 0, 1, m, keep, rtol, debiased, ci, chance)
+
+
 def _run(method: str, x: Any, y: Any, keep: float | None, rtol: float, layout: str,
-         chunk_rows: int, precision: str,
-         debiased: bool = False) -> SimilarityResult | list[SimilarityResult]:
+         chunk_rows: int, precision: str, debiased: bool = False,
+         **opts: Any) -> SimilarityResult | list[SimilarityResult]:
+    _resampling.check_options(opts.get("ci"), opts.get("replicates"), opts.get("seed", 0))
     if keep is not None and not 0.0 < keep <= 1.0:
         raise InputError(f"keep must be in (0, 1] (fraction of variance kept), got {keep}")
     if not rtol >= 0 or math.isinf(rtol):
@@ -686,14 +758,19 @@ def _run(method: str, x: Any, y: Any, keep: float | None, rtol: float, layout: s
             exact = finalise_many(method, exact_moments, keep, rtol, debiased)
         for i, r in zip(redo, exact):
             results[i] = r
+    _resample_pairs(method, pairs, moments, results, keep, rtol, debiased, chunk_rows, opts)
     warn_about(results)
     return results if batched else results[0]
+
+
+_NO_RESAMPLING = dict(ci=None, replicates=_resampling.DEFAULT_REPLICATES, seed=0, chance=False)
 
 
 @torch.compiler.disable
 def svcca(x: Any, y: Any, keep: float = 0.99, *, rtol: float = DEFAULT_RTOL,
           layout: str = "datapoints_first", chunk_rows: int = _gram.DEFAULT_CHUNK_ROWS,
-          precision: str = "auto"):
+          precision: str = "auto", ci: float | None = None,
+          replicates: int = _resampling.DEFAULT_REPLICATES, seed: int = 0, chance: bool = False):
     """SVCCA of x (n, a) and y (n, b): keep the top singular directions of each centred layer
     that explain ``keep`` of its variance, then CCA; ``.mean`` is the mean canonical correlation.
 
@@ -703,44 +780,156 @@ def svcca(x: Any, y: Any, keep: float = 0.99, *, rtol: float = DEFAULT_RTOL,
     ``precision``: "auto" (float64 GEMMs where cheap; otherwise float32, redone in float64 when the
     rounding model of transfusion.ops.precision does not put the mean within 1e-6 of float64),
     "float32" (always fast) or "float64" (float64 GEMMs; always for float64 inputs).
+
+    ``ci=0.95``: also ``.ci`` = (low, high), the percentile interval of ``.mean`` over
+    ``replicates`` Poisson-bootstrap replicates of the datapoints (seeded by ``seed``), re-centred
+    on ``.mean`` (resampling repeats datapoints, which shifts CCA-family replicates up); costs
+    replicates x (a + b + 2)^2 x 8 bytes and replicates x one float64 Gram pass
+    (transfusion.ops.resampling). ``chance=True``: also ``.chance``, the value with x's datapoints
+    paired with y's in a seeded random order: what unrelated layers of these widths and this n
+    show (one more float64 Gram pass). Both off by default (then nothing changes).
     """
-    return _run("svcca", x, y, keep, rtol, layout, chunk_rows, precision)
+    return _run("svcca", x, y, keep, rtol, layout, chunk_rows, precision,
+                ci=ci, replicates=replicates, seed=seed, chance=chance)
 
 
 @torch.compiler.disable
 def cca(x: Any, y: Any, *, rtol: float = DEFAULT_RTOL, layout: str = "datapoints_first",
-        chunk_rows: int = _gram.DEFAULT_CHUNK_ROWS, precision: str = "auto"):
+        chunk_rows: int = _gram.DEFAULT_CHUNK_ROWS, precision: str = "auto", ci: float | None = None,
+        replicates: int = _resampling.DEFAULT_REPLICATES, seed: int = 0, chance: bool = False):
     """Plain CCA (no SVD truncation) of x (n, a) and y (n, b); see ``svcca`` for the arguments."""
-    return _run("cca", x, y, None, rtol, layout, chunk_rows, precision)
+    return _run("cca", x, y, None, rtol, layout, chunk_rows, precision,
+                ci=ci, replicates=replicates, seed=seed, chance=chance)
 
 
 @torch.compiler.disable
 def pwcca(x: Any, y: Any, *, rtol: float = DEFAULT_RTOL, layout: str = "datapoints_first",
-          chunk_rows: int = _gram.DEFAULT_CHUNK_ROWS, precision: str = "auto"):
+          chunk_rows: int = _gram.DEFAULT_CHUNK_ROWS, precision: str = "auto", ci: float | None = None,
+          replicates: int = _resampling.DEFAULT_REPLICATES, seed: int = 0, chance: bool = False):
     """Projection-weighted CCA (Morcos et al. 2018), weights from x; see ``svcca``.
     ``precision="auto"`` means float64 GEMMs here: the projection weights amplify float32 Gram
     rounding (measured 3.9e-6 on the mean at condition 17); pass "float32" for speed."""
-    return _run("pwcca", x, y, None, rtol, layout, chunk_rows, precision)
+    return _run("pwcca", x, y, None, rtol, layout, chunk_rows, precision,
+                ci=ci, replicates=replicates, seed=seed, chance=chance)
 
 
 @torch.compiler.disable
 def cka(x: Any, y: Any, *, debiased: bool = False, layout: str = "datapoints_first",
-        chunk_rows: int = _gram.DEFAULT_CHUNK_ROWS, precision: str = "auto"):
+        chunk_rows: int = _gram.DEFAULT_CHUNK_ROWS, precision: str = "auto", ci: float | None = None,
+        replicates: int = _resampling.DEFAULT_REPLICATES, seed: int = 0, chance: bool = False,
+        kernel: str = "linear", sigma: float = RBF_SIGMA):
     """Linear CKA (Kornblith et al. 2019) of x (n, a) and y (n, b); see ``svcca``.
 
     ``debiased=True``: from the unbiased HSIC estimator (Song et al. 2012), as Kornblith's
     ``feature_space_linear_cka(..., debiased=True)``: near 0 for independent layers even with few
     datapoints (the biased value drifts towards 1 there); in [-1, 1]; needs n >= 4. Same single
-    pass, plus O(n (a + b)) float64 work for the per-datapoint row norms."""
-    return _run("cka", x, y, None, DEFAULT_RTOL, layout, chunk_rows, precision, debiased=debiased)
+    pass, plus O(n (a + b)) float64 work for the per-datapoint row norms.
+
+    ``kernel="rbf"``: RBF-kernel CKA (Kornblith's ``cka(gram_rbf(x, sigma), gram_rbf(y, sigma))``):
+    k(x_i, x_j) = exp(-||x_i - x_j||^2 / (2 sigma^2 median_ij ||x_i - x_j||^2)), i.e. the bandwidth
+    is ``sigma`` times the median distance between datapoints (median over all n^2 pairs, the
+    diagonal included, as their colab); biased HSIC, or the unbiased one with ``debiased=True``.
+    In memory only, float64, O(n^2 (a + b)) time and about 3 n^2 x 8 bytes (2.4 GB at the limit
+    of RBF_MAX_DATAPOINTS = 10,000 datapoints); no ci / chance."""
+    if kernel != "linear":
+        return _rbf_run(x, y, kernel, sigma, debiased, layout, ci, chance)
+    return _run("cka", x, y, None, DEFAULT_RTOL, layout, chunk_rows, precision, debiased=debiased,
+                ci=ci, replicates=replicates, seed=seed, chance=chance)
 
 
 @torch.compiler.disable
 def procrustes(x: Any, y: Any, *, layout: str = "datapoints_first",
-               chunk_rows: int = _gram.DEFAULT_CHUNK_ROWS, precision: str = "auto"):
+               chunk_rows: int = _gram.DEFAULT_CHUNK_ROWS, precision: str = "auto",
+               ci: float | None = None, replicates: int = _resampling.DEFAULT_REPLICATES,
+               seed: int = 0, chance: bool = False):
     """Orthogonal Procrustes similarity of x (n, a) and y (n, b): ||X_c^T Y_c||_* /
     (||X_c||_F ||Y_c||_F) with X_c, Y_c the centred layers, i.e. max over orthogonal R of
     <X_c R, Y_c> after scaling both to unit Frobenius norm; in [0, 1], invariant to orthogonal
     transforms, isotropic scaling and offsets of either layer. Ding et al. (2021)'s Procrustes
     distance is 2 - 2 x this. See ``svcca`` for the arguments."""
-    return _run("procrustes", x, y, None, DEFAULT_RTOL, layout, chunk_rows, precision)
+    return _run("procrustes", x, y, None, DEFAULT_RTOL, layout, chunk_rows, precision,
+                ci=ci, replicates=replicates, seed=seed, chance=chance)
+
+
+# ---- RBF CKA (in memory only) ---------------------------------------------------------------------
+
+def _rbf_run(x: Any, y: Any, kernel: str, sigma: float, debiased: bool, layout: str,
+             ci: float | None, chance: bool) -> SimilarityResult | list[SimilarityResult]:
+    if kernel not in KERNELS:
+        raise InputError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if ci is not None or chance:
+        raise InputError("ci / chance are for the linear statistics; kernel='rbf' has neither "
+                         "(drop ci= / chance=, or use kernel='linear')")
+    if not (isinstance(sigma, (int, float)) and 0 < sigma < math.inf):
+        raise InputError(f"sigma must be a positive number (a fraction of the median distance), "
+                         f"got {sigma!r}")
+    batched = isinstance(x, (list, tuple))
+    if batched != isinstance(y, (list, tuple)) or (batched and len(x) != len(y)):
+        raise InputError("for a batched call pass two lists of equal length (x_i paired with y_i)")
+    results = []
+    for xi, yi in (zip(x, y) if batched else [(x, y)]):
+        xt, yt = _prepare(xi, yi, layout)
+        n = xt.shape[0]
+        if n > RBF_MAX_DATAPOINTS:
+            raise InputError(f"kernel='rbf' needs n x n kernels (about 3 x n^2 x 8 bytes): n = {n} "
+                             f"is above the limit of {RBF_MAX_DATAPOINTS}; subsample the datapoints "
+                             f"or use the linear kernel (streamed, any n)")
+        if debiased and n < 4:
+            raise InputError(f"debiased CKA needs at least 4 datapoints (the unbiased HSIC divides "
+                             f"by n - 3), got {n}")
+        for name, t in (("x", xt), ("y", yt)):
+            if not bool(torch.isfinite(t).all()):
+                raise InputError(f"{name} contains NaN or Inf; clean the activations (e.g. torch.nan_to_num)")
+        val = rbf_cka_value(rbf_kernel(xt, sigma, "x"), rbf_kernel(yt, sigma, "y"), debiased)
+        results.append(SimilarityResult("cka", val, torch.zeros(0, dtype=torch.float64),
+                                        (xt.shape[1], yt.shape[1]), n, "float64", debiased=debiased,
+                                        kernel="rbf", sigma=float(sigma)))
+    return results if batched else results[0]
+
+
+def _median(t: torch.Tensor) -> torch.Tensor:
+    """numpy's median of all entries (the mean of the two middle ones for an even count)."""
+    flat = t.reshape(-1)
+    lo, hi = (flat.numel() - 1) // 2, flat.numel() // 2
+    a = torch.kthvalue(flat, lo + 1).values
+    return a if hi == lo else (a + torch.kthvalue(flat, hi + 1).values) / 2
+
+
+def rbf_kernel(x: torch.Tensor, sigma: float, name: str = "x") -> torch.Tensor:
+    """exp(-d_ij^2 / (2 sigma^2 median(d^2))) in float64 (d: Euclidean distances between rows);
+    the rows are centred first (distances do not change; the GEMM form loses less to rounding)."""
+    x = x.to(torch.float64)
+    x = x - x.mean(0)
+    sq = x.square().sum(1)
+    d = torch.addmm(sq[:, None] + sq[None], x, x.T, alpha=-2.0).clamp_min_(0)
+    d.fill_diagonal_(0)
+    med = _median(d)
+    if not med > 0:
+        raise InputError(f"{name}: at least half of the pairwise distances are 0 (repeated or constant "
+                         f"datapoints), so the median-distance bandwidth is 0; rbf CKA is undefined")
+    return d.div_(-2.0 * sigma**2 * med).exp_()
+
+
+def rbf_cka_value(k: torch.Tensor, l: torch.Tensor, debiased: bool) -> float:
+    """CKA of two n x n kernels: biased HSIC tr(HKH HLH) (Kornblith's ``cka``) or the unbiased
+    HSIC (Song et al. 2012, ``reference_cca.cka_debiased``), in place on k and l."""
+    n = k.shape[0]
+    if debiased:
+        k.fill_diagonal_(0)
+        l.fill_diagonal_(0)
+
+        def hsic(a, b, ra, rb):  # ra, rb: row sums
+            return (torch.dot(a.reshape(-1), b.reshape(-1)) + ra.sum() * rb.sum() / ((n - 1) * (n - 2))
+                    - 2.0 / (n - 2) * torch.dot(ra, rb))
+        rk, rl = k.sum(1), l.sum(1)
+        hxy, hxx, hyy = hsic(k, l, rk, rl), hsic(k, k, rk, rk), hsic(l, l, rl, rl)
+        lo = -1.0
+    else:
+        for m in (k, l):  # H m H in place: subtract row and column means, add the grand mean
+            r = m.mean(1)
+            m.sub_(r[:, None]).sub_(r[None]).add_(r.mean())
+        hxy, hxx, hyy = (torch.dot(a.reshape(-1), b.reshape(-1)) for a, b in ((k, l), (k, k), (l, l)))
+        lo = 0.0
+    if not (hxx > 0 and hyy > 0):
+        return 0.0
+    return min(max(float(hxy / torch.sqrt(hxx * hyy)), lo), 1.0)
