@@ -20,3 +20,44 @@ def test_local_executor_reports_run_i_of_n_with_an_eta(tmp_path, monkeypatch, ca
     assert not [r for r in caplog.records if r.getMessage().startswith("run ")]
     assert "left" not in lines[0] and all("left)" in ln for ln in lines[1:])
     assert specs[2].run_id in lines[2]
+
+
+def test_parallel_runs_give_the_sequential_results_and_report_progress(tmp_path, caplog):
+    """--parallel-runs 2: two worker processes (one torch thread each) train the plan; every run
+    finishes with exactly the numbers of the one-at-a-time plan (runs are pure functions of their
+    spec), and the pool logs 'finished i/N' lines."""
+    import json
+
+    from transfusion.experiments.config import make_config
+    from transfusion.experiments.engine import run_experiment
+
+    finals = {}
+    for n in (1, 2):
+        cfg = make_config("performance", preset="micro", seeds=(0, 1), parallel_runs=n,
+                          out=str(tmp_path / f"r{n}"), runs=str(tmp_path / f"runs{n}"),
+                          cache=str(tmp_path / "cache"))
+        with caplog.at_level(logging.INFO, logger="transfusion.experiments.runs"):
+            run_experiment(cfg)
+        plan = json.loads((cfg.out_dir / "plan.json").read_text())
+        finals[n] = {r["run_id"]: json.loads((tmp_path / f"runs{n}" / r["run_id"] / "final.json").read_text())
+                     for r in plan["runs"]}
+    assert len(finals[1]) == 4 and finals[1].keys() == finals[2].keys()
+    for rid, f in finals[1].items():
+        assert f["status"] == finals[2][rid]["status"] == "finished"
+        assert f["metrics"] == finals[2][rid]["metrics"] and f["test"]["auc_referable"] == finals[2][rid]["test"]["auc_referable"]
+    msgs = [r.getMessage() for r in caplog.records]
+    import os
+
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert any(f"4 runs on 2 worker processes ({threads} torch thread" in m for m in msgs)
+    assert any(m.startswith("finished 4/4") for m in msgs)
+
+
+def test_parallel_runs_must_be_positive(tmp_path):
+    import pytest
+
+    from transfusion.errors import ConfigError
+    from transfusion.experiments.config import make_config
+
+    with pytest.raises(ConfigError, match="--parallel-runs must be >= 1"):
+        make_config("performance", preset="micro", parallel_runs=0, out=str(tmp_path))

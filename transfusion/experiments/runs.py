@@ -73,6 +73,7 @@ class LocalExecutor:
         import multiprocessing as mp
         import signal
         from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures.process import BrokenProcessPool
 
         threads = max(1, (os.cpu_count() or 1) // self.workers)
         with ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn")) as pool:
@@ -107,6 +108,10 @@ class LocalExecutor:
                         except BaseException:  # noqa: BLE001 - a second Ctrl-C, a dead worker
                             pass
                 raise
+            except BrokenProcessPool:
+                raise ConfigError("a training process died without a word (killed, or out of "
+                                  "memory?); rerun the same command: finished runs are skipped "
+                                  "and the others resume from their last checkpoint") from None
             finally:
                 if old is not None:
                     signal.signal(signal.SIGTERM, old)
