@@ -2,6 +2,7 @@
 
 ``EXPERIMENTS`` maps the command name (``transfusion run <name>``) to its module; each module has
 ``NAME``, ``TITLE``, ``QUESTION``, ``WRITES``, ``plan(cfg, make) -> list[PlannedRun]``, optionally
+``OPTIONS`` (the experiment-specific options its ``run`` command offers: ``small_data``, ``upto``),
 ``analyse(cfg, planned, runs_dir, ctx)`` (similarity computations after training) and
 ``report(plan_doc, runs_dir, out_dir)`` (results.csv, figures and report.md from files only).
 ``transfusion.experiments.engine.run_experiment`` drives them; ``runs.py`` (train stream) holds the

@@ -128,9 +128,9 @@ def _doc(name: str) -> str:
 
 def register(app: typer.Typer, run_app: typer.Typer) -> None:
     for name in EXPERIMENT_NAMES:
+        options = set(getattr(experiment_module(name), "OPTIONS", ()))
         run_app.command(name, help=_doc(name))(
-            _make_command(name, _doc(name), small_data=name in ("performance", "feature-reuse"),
-                          upto=name == "weight-transfusion"))
+            _make_command(name, _doc(name), small_data="small_data" in options, upto="upto" in options))
     run_app.command("all", help="Run every experiment in turn (runs shared between experiments are "
                     "trained once). Interrupt and rerun: finished runs are skipped, an interrupted run "
                     "resumes. Writes results/<experiment>/ for each.")(

@@ -14,6 +14,8 @@ from transfusion.experiments import claims
 from transfusion.report import document, figures, tables
 
 NAME = "performance"
+#: the experiment-specific command-line options its `run` command offers (see experiments/cli.py)
+OPTIONS = ("small_data",)
 TITLE = "Performance: transfer vs random initialisation (paper Tables 1-3)"
 QUESTION = "Does ImageNet transfer beat random initialisation on medical images?"
 WRITES = ("results.csv (one row per run: model, init, seed, AUCs), auc.png (grouped bars with std "
