@@ -1,6 +1,10 @@
-"""BatchNorm-stable evaluation: running statistics re-estimated on the evaluated weights.
+"""Evaluation: metrics on an evaluation set, and BatchNorm-stable evaluation.
 
-A BatchNorm's running mean/var are an exponential average over the last training batches, taken
+:func:`evaluate` runs the model on this process's shard, gathers logits, targets and masks in
+rank order and computes the mean loss and the task's metrics on the whole set (every process
+gets the same numbers).
+
+BatchNorm-stable evaluation (issue 15). A BatchNorm's running mean/var are an exponential average over the last training batches, taken
 while the weights moved; evaluated with them, a model's metrics wobble from one evaluation to the
 next. With the recipe's ``bn_recalibration_images = K`` (0: off) every evaluation first
 re-estimates them: every BatchNorm's buffers are reset and accumulated as a cumulative average
@@ -20,13 +24,52 @@ world_size x batch images.
 from __future__ import annotations
 
 import contextlib
+import logging
+import warnings
 
 import torch
 from torch.utils.data import DataLoader, Subset
 
 from transfusion.train import distributed as D
+from transfusion.train import metrics as M
+from transfusion.train.task import TaskInfo, autocast, compute_metrics, loss_fn, to_device
+
+log = logging.getLogger(__name__)
 
 _BN = torch.nn.modules.batchnorm._BatchNorm
+_WARNED: set[str] = set()
+
+
+@torch.no_grad()
+def evaluate(model, loader, task: TaskInfo, recipe, ctx: D.DistContext) -> dict:
+    """Metrics (and the mean loss) on the evaluation set; shards gathered before any metric."""
+    was = model.training
+    model.eval()
+    lg, tg, mk = [], [], []
+    for x, y, m in loader:
+        with autocast(recipe, ctx.device):
+            out = model(to_device(x, ctx.device, recipe.channels_last))
+        lg.append(out.float().cpu())
+        tg.append(y.cpu())
+        mk.append(m.float().cpu())
+    model.train(was)
+    lab = (0, task.num_outputs) if task.kind == "multilabel" else (0,)  # an empty shard (n < world)
+    empty = (torch.zeros(0, task.num_outputs), torch.zeros(lab, dtype=torch.long
+                                                        if task.kind != "multilabel" else torch.float),
+             torch.zeros(lab))
+    parts = [torch.cat(p) if p else e for p, e in zip((lg, tg, mk), empty)]
+    logits, targets, masks = D.gather_cat(ctx, parts)
+    s, n = loss_fn(task.kind, logits, targets, masks, reduction="sum")
+    out = {"eval_loss": float(s / n)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", M.MetricWarning)
+        out.update(compute_metrics(task, logits, targets, masks))
+    for w in caught:  # e.g. a single-class evaluation set: NaN, logged once per process
+        msg = str(w.message)
+        if ctx.is_main and msg not in _WARNED:
+            _WARNED.add(msg)
+            log.warning("%s", msg)
+    return out
 
 
 def batchnorms(model: torch.nn.Module) -> list:
