@@ -1,5 +1,5 @@
-"""The whole path with the other streams' real code: synthetic fundus images in the EyePACS
-layout (data stream), CBR-Tiny (models stream), the loop; stopped and resumed vs uninterrupted."""
+"""The whole path with the other packages' real code: synthetic fundus images in the EyePACS
+layout (transfusion.data), CBR-Tiny (transfusion.models), the loop; stopped and resumed vs uninterrupted."""
 import json
 import math
 

@@ -37,7 +37,6 @@ from transfusion.experiments.common import (base_row, headline_key, load_plan_ru
 from transfusion.report import document, figures, tables
 from transfusion.train.run_folder import RunFolder
 
-NAME = "feature-reuse"
 TITLE = "Feature reuse: weight distance, stage resets and k-NN probes per layer (after paper Figs. 3-5)"
 QUESTION = ("Where in the network is pretrained knowledge reused: which stages move, which matter "
             "when reset, and how useful are their features before and after training?")

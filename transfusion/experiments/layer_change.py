@@ -15,7 +15,6 @@ from transfusion.report import document, figures, tables
 from transfusion.train.run_folder import RunFolder
 from transfusion.utils import atomic_write_json
 
-NAME = "layer-change"
 TITLE = "Layer change during training: CCA(init, final) per layer (paper Figs. 3, 5)"
 QUESTION = ("Which layers change most during training, from random init and from transfer? Do "
             "conv1 filters keep their pretrained shape?")

@@ -12,7 +12,6 @@ from transfusion.experiments.common import (base_row, final_metric, headline_key
 from transfusion.experiments import claims
 from transfusion.report import document, figures, tables
 
-NAME = "performance"
 TITLE = "Performance: transfer vs random initialisation (paper Tables 1-3)"
 QUESTION = "Does ImageNet transfer beat random initialisation on medical images?"
 WRITES = ("results.csv (one row per run: model, init, seed, AUCs), auc.png (grouped bars with std "

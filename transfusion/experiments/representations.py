@@ -16,7 +16,6 @@ from transfusion.experiments import claims
 from transfusion.report import document, figures, tables
 from transfusion.utils import atomic_write_json
 
-NAME = "representations"
 TITLE = "Representations: CCA(random, transfer) vs CCA(random, random) (paper Fig. 2)"
 QUESTION = "Do networks trained from transfer and from random init learn similar representations?"
 WRITES = ("similarity_<model>_s<seed>.json (per-layer SVCCA/CKA of one triplet), results.csv (one "

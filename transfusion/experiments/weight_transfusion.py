@@ -13,7 +13,6 @@ from transfusion.errors import ConfigError
 from transfusion.experiments import claims
 from transfusion.experiments.speed import speed_report
 
-NAME = "weight-transfusion"
 TITLE = "Weight transfusion: pretrained up to a cut, random above (paper Fig. 8)"
 QUESTION = "Which layers' pretrained weights make training converge faster?"
 WRITES = ("results.csv (one row per run: cut, final AUC, steps to threshold), steps_to_threshold.png "

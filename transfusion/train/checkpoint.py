@@ -1,4 +1,4 @@
-"""Training-state checkpoints (resume) and model checkpoints (the models stream's format).
+"""Training-state checkpoints (resume) and model checkpoints (``transfusion.checkpoints``' format).
 
 A training state holds everything that decides the rest of the run: model, optimizer and
 scheduler states, the RNG states (torch, CUDA, numpy, python) of every process, the step (which

@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from transfusion.errors import ConfigError, TransfusionError
+from transfusion.errors import USER_ERROR_EXIT, ConfigError, TransfusionError
 from transfusion.utils import atomic_copy
 from transfusion.validation import check_options, check_writable_dir, check_writable_file
 
@@ -120,7 +120,7 @@ def train(
                               keep_training_state=keep_training_state)
     except TransfusionError as e:
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(code=2) from None
+        raise typer.Exit(code=USER_ERROR_EXIT) from None
     _finish(result, runs_dir / spec.run_id)
 
 
@@ -164,7 +164,7 @@ def pretrain(
                               max_steps_this_session=max_steps_this_session)
     except TransfusionError as e:
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(code=2) from None
+        raise typer.Exit(code=USER_ERROR_EXIT) from None
     run_dir = runs_dir / spec.run_id
     _finish(result, run_dir)
     from transfusion.train.run_folder import RunFolder
