@@ -4,8 +4,14 @@ import torch
 from torch import nn
 
 from transfusion.errors import ConfigError
-from transfusion.models import (CBR_SPECS, INCEPTION_MIN_INPUT_SIZE, MODEL_NAMES, build_model,
-                                canonical_model_name, model_skeleton)
+from transfusion.models import (
+    CBR_SPECS,
+    INCEPTION_MIN_INPUT_SIZE,
+    MODEL_NAMES,
+    build_model,
+    canonical_model_name,
+    model_skeleton,
+)
 
 
 def n_params(model):

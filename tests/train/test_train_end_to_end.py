@@ -9,8 +9,8 @@ import torch
 pytest.importorskip("transfusion.models")
 pytest.importorskip("transfusion.data.synthetic")
 
-from transfusion.train.spec import RunSpec  # noqa: E402
 from transfusion.train import run_training  # noqa: E402
+from transfusion.train.spec import RunSpec  # noqa: E402
 
 
 def same(a: dict, b: dict) -> bool:

@@ -13,8 +13,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 import train_fakes  # noqa: E402
 
 from transfusion.experiments.runs import RunSpec  # noqa: E402
-from transfusion.train import run_log  # noqa: E402
-from transfusion.train import run_training  # noqa: E402
+from transfusion.train import (
+    run_log,  # noqa: E402
+    run_training,  # noqa: E402
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from transfusion.data.tasks import CHEXPERT, CHEXPERT_COMPETITION, REFERABLE_GRADE, RETINA, TASKS, Task, referable

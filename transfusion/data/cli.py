@@ -80,7 +80,7 @@ def describe(
                 out.append({"dataset": name, "split": s, "n": 0, "empty": True})
                 continue
             typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(code=USER_ERROR_EXIT)
+            raise typer.Exit(code=USER_ERROR_EXIT) from None
         out.append(ds.describe())
     if as_json:
         typer.echo(json.dumps(out, indent=2))

@@ -32,8 +32,7 @@ import json
 from pathlib import Path
 
 from transfusion.experiments import claims
-from transfusion.experiments.common import (base_row, headline_key, load_plan_runs, setup_text,
-                                            standard_warnings)
+from transfusion.experiments.common import base_row, headline_key, load_plan_runs, setup_text, standard_warnings
 from transfusion.report import document, figures, tables
 from transfusion.train.run_folder import RunFolder
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transfusion.experiments.common import base_row, load_plan_runs, setup_text, standard_warnings
 from transfusion.experiments import claims
+from transfusion.experiments.common import base_row, load_plan_runs, setup_text, standard_warnings
 from transfusion.report import document, figures, tables
 from transfusion.utils import atomic_write_json
 

@@ -4,16 +4,17 @@
 rank order and computes the mean loss and the task's metrics on the whole set (every process
 gets the same numbers).
 
-BatchNorm-stable evaluation (issue 15). A BatchNorm's running mean/var are an exponential average over the last training batches, taken
-while the weights moved; evaluated with them, a model's metrics wobble from one evaluation to the
-next. With the recipe's ``bn_recalibration_images = K`` (0: off) every evaluation first
-re-estimates them: every BatchNorm's buffers are reset and accumulated as a cumulative average
-(``momentum=None``: each batch weighs the same) over K fixed training images, without
-augmentation, in batches of the recipe's batch size, the BatchNorms in training mode and every
-other module in eval mode (no dropout, no RNG drawn). The K images are the first K of a
-permutation of the training split seeded by the run's seed: the same images at every evaluation
-and after a resume. After the evaluation the training state's buffers, momenta and modes are
-put back exactly, so the training (its numbers and its checkpoints) is what it would be without.
+BatchNorm-stable evaluation (issue 15). A BatchNorm's running mean/var are an exponential average
+over the last training batches, taken while the weights moved; evaluated with them, a model's
+metrics wobble from one evaluation to the next. With the recipe's ``bn_recalibration_images = K``
+(0: off) every evaluation first re-estimates them: every BatchNorm's buffers are reset and
+accumulated as a cumulative average (``momentum=None``: each batch weighs the same) over K fixed
+training images, without augmentation, in batches of the recipe's batch size, the BatchNorms in
+training mode and every other module in eval mode (no dropout, no RNG drawn). The K images are the
+first K of a permutation of the training split seeded by the run's seed: the same images at every
+evaluation and after a resume. After the evaluation the training state's buffers, momenta and modes
+are put back exactly, so the training (its numbers and its checkpoints) is what it would be
+without.
 
 Under DDP every process recalibrates on all K images and then takes rank 0's result (the same
 numbers up to kernel order), so each evaluation shard sees the model rank 0 describes. With
@@ -95,8 +96,8 @@ def recalibrated_batchnorm(model: torch.nn.Module, loader: DataLoader | None, fo
                            ctx: D.DistContext):
     """Within the block, ``model``'s BatchNorms hold statistics re-estimated on ``loader``'s images
     (``forward(model, x)`` runs the model on one batch, autocast and memory format included) and
-    the whole model is in eval mode; on leaving, the buffers, momenta and training flags are restored. Without a loader or without
-    BatchNorms it does nothing."""
+    the whole model is in eval mode; on leaving, the buffers, momenta and training flags are
+    restored. Without a loader or without BatchNorms it does nothing."""
     bns = batchnorms(model)
     if loader is None or not bns:
         yield

@@ -44,19 +44,27 @@ import torch
 from transfusion.errors import ConfigError
 from transfusion.run_lock import RunLock
 from transfusion.train import distributed as D
-from transfusion.train.checkpoint import (last_checkpoint, restore_training_state,
-                                          save_model_checkpoint, save_training_state,
-                                          seed_everything)
-from transfusion.train.data_stream import (RunData, SeededItems, StepBatchSampler,  # noqa: F401
-                                           load_run_data, shard_loader, train_loader)
+from transfusion.train.checkpoint import (
+    last_checkpoint,
+    restore_training_state,
+    save_model_checkpoint,
+    save_training_state,
+    seed_everything,
+)
+from transfusion.train.data_stream import (  # noqa: F401
+    RunData,
+    SeededItems,
+    StepBatchSampler,
+    load_run_data,
+    shard_loader,
+    train_loader,
+)
 from transfusion.train.evaluation import evaluate, recalibrated_batchnorm, recalibration_loader
 from transfusion.train.recipes import Recipe, describe_schedule, get_recipe, lr_factor, steps_per_epoch
 from transfusion.train.run_folder import RunFolder
-from transfusion.train.run_log import (MetricsLog, environment, final_record, record_session,
-                                       write_config)
+from transfusion.train.run_log import MetricsLog, environment, final_record, record_session, write_config
 from transfusion.train.stopping import LossWindow, StopRequest, check_finite
-from transfusion.train.task import (TaskInfo, autocast, compute_metrics, loss_fn,  # noqa: F401
-                                    task_info, to_device)
+from transfusion.train.task import TaskInfo, autocast, compute_metrics, loss_fn, task_info, to_device  # noqa: F401
 from transfusion.utils import atomic_write_json, remove_stale_temp_files
 from transfusion.validation import check_model_input
 
