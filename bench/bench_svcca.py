@@ -30,9 +30,9 @@ import numpy as np
 import pytest
 import torch
 
+from transfusion.ops import gram as G
 from transfusion.ops import reference_cca as R
 from transfusion.ops import svcca
-from transfusion.ops import gram as G
 
 N, A, B = 100_000, 512, 512
 KEEP = 0.99

@@ -52,3 +52,35 @@ def test_imports_only_go_down():
             if target in RANK and RANK[target] > RANK[here]:
                 upward.append(f"{path.relative_to(PACKAGE.parent)} imports transfusion.{target}")
     assert not upward, "imports that go up a layer:\n" + "\n".join(sorted(upward))
+
+
+# inside train/ (issue 13 split loop.py by job): the loop sits on its parts, the CLI on the loop
+TRAIN_RANK = {
+    "spec": 0, "recipes": 0, "metrics": 0, "run_folder": 0, "distributed": 0,
+    "task": 1, "checkpoint": 1, "data_stream": 1, "stopping": 1, "run_log": 1,
+    "evaluation": 2,
+    "loop": 3,
+    "cli": 4, "__init__": 4,
+}
+
+
+def _train_imports(path: Path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "transfusion.train":
+                yield from (a.name for a in node.names if a.name in TRAIN_RANK)
+                if any(a.name not in TRAIN_RANK for a in node.names):
+                    yield "__init__"
+            elif node.module.startswith("transfusion.train."):
+                yield node.module.split(".")[2]
+        elif isinstance(node, ast.Import):
+            yield from (a.name.split(".")[2] for a in node.names
+                        if a.name.startswith("transfusion.train."))
+
+
+def test_train_modules_import_only_their_parts():
+    train = PACKAGE / "train"
+    assert {p.stem for p in train.glob("*.py")} == set(TRAIN_RANK), "rank new train/ modules here"
+    upward = [f"train/{p.name} imports train.{t}" for p in sorted(train.glob("*.py"))
+              for t in _train_imports(p) if TRAIN_RANK[t] > TRAIN_RANK[p.stem]]
+    assert not upward, "imports that go up inside train/:\n" + "\n".join(upward)

@@ -87,23 +87,20 @@ def check(
         raise typer.Exit(code=1)
 
 
-# --- train stream: `transfusion train` and `transfusion pretrain` ---
+# `transfusion train` and `transfusion pretrain` (transfusion.train.cli)
 from transfusion.train.cli import register as _register_train  # noqa: E402
 
 _register_train(app)
-# --- end train stream ---
 
-# --- data stream: `transfusion data ...` -------------------------------------------------------
+# `transfusion data ...` (transfusion.data.cli)
 from transfusion.data.cli import data_app  # noqa: E402
 
 app.add_typer(data_app, name="data")
-# --- end data stream ----------------------------------------------------------------------------
 
-# --- experiments stream: run <experiment>, run all, report, compare ---
+# run <experiment>, run all, report, compare (transfusion.experiments.cli)
 from transfusion.experiments.cli import register as _register_experiments  # noqa: E402
 
 _register_experiments(app, run_app)
-# --- end experiments stream ---
 
 
 def main() -> None:
@@ -112,7 +109,7 @@ def main() -> None:
     import os
     import sys
 
-    from transfusion.errors import TransfusionError
+    from transfusion.errors import USER_ERROR_EXIT, TransfusionError
 
     try:
         app()
@@ -120,7 +117,7 @@ def main() -> None:
         if os.environ.get("TRANSFUSION_DEBUG") == "1":
             raise
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-        sys.exit(2)
+        sys.exit(USER_ERROR_EXIT)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,11 @@
-"""Errors the user can act on: each message says what was wrong and what to do about it."""
+"""Errors the user can act on: each message says what was wrong and what to do about it.
+
+Every command-line front (``transfusion.cli.main``, ``train``/``pretrain``, ``data``) prints such
+an error as one line, ``error: <message>``, on stderr and exits with :data:`USER_ERROR_EXIT`.
+"""
+
+#: the exit status of a command stopped by a TransfusionError (bad input, not a crash)
+USER_ERROR_EXIT = 2
 
 
 class TransfusionError(Exception):

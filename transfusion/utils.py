@@ -13,7 +13,6 @@ import os
 import tempfile
 from pathlib import Path
 
-
 TEMP_PREFIX = "."
 TEMP_SUFFIX = ".tmp"
 

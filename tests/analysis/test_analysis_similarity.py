@@ -9,7 +9,6 @@ from transfusion.errors import CheckpointError, ConfigError
 from transfusion.initializers import save_model_checkpoint
 from transfusion.models import build_model
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

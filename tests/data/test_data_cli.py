@@ -14,7 +14,7 @@ def test_make_and_describe(tmp_path):
     assert r.exit_code == 0, r.output
     assert "eyepacs train:" in r.output and "eyepacs test:" in r.output and "referable" in r.output
     r = runner.invoke(app, ["data", "describe", "chexpert", str(tmp_path / "nothing")])
-    assert r.exit_code == 1 and "CheXpert-v1.0-small" in r.output
+    assert r.exit_code == 2 and "CheXpert-v1.0-small" in r.output  # as every CLI error (errors.USER_ERROR_EXIT)
 
 
 def test_make_chexpert_then_describe_policy(tmp_path):

@@ -1,8 +1,14 @@
 import numpy as np
 import torch
 
-from transfusion.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, RETINA_AUGMENT, ImageTransform,
-                                         augment_tensor, decode_array)
+from transfusion.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RETINA_AUGMENT,
+    ImageTransform,
+    augment_tensor,
+    decode_array,
+)
 
 
 def test_normalisation_is_imagenet():

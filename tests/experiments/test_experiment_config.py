@@ -27,7 +27,8 @@ def test_presets_and_overrides(tmp_path):
     assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.out_dir.name == "performance"
     assert make_config("performance", small_data=5000, out=str(tmp_path)).out_dir.name == "performance-small5000"
-    assert make_config("weight-transfusion", upto="conv1", out=str(tmp_path)).out_dir.name == "weight-transfusion-upto-conv1"
+    cfg = make_config("weight-transfusion", upto="conv1", out=str(tmp_path))
+    assert cfg.out_dir.name == "weight-transfusion-upto-conv1"
 
 
 def test_bad_settings_say_what_to_do(tmp_path):

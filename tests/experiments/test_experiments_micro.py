@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from transfusion.cli import app
 from transfusion.experiments import common
 from transfusion.experiments.config import make_config
-from transfusion.experiments.engine import RunsInterrupted, rebuild_report, run_experiment
+from transfusion.experiments.engine import RunsInterrupted, run_experiment
 from transfusion.report.tables import read_csv
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -110,8 +110,8 @@ def test_compare_prints_per_layer_similarity(space):
     result = CliRunner().invoke(app, ["compare", str(runs[0]), str(runs[0]), "--images", "16",
                                       "--image-size", "32", "--pool", "2", "--cache", space["cache"]])
     assert result.exit_code == 0, result.output
-    lines = [l for l in result.output.splitlines() if l.startswith("cbr")]
-    assert len(lines) == 4 and all(l.split()[1] == "1.000" for l in lines)
+    lines = [line for line in result.output.splitlines() if line.startswith("cbr")]
+    assert len(lines) == 4 and all(line.split()[1] == "1.000" for line in lines)
     # the cross-layer map: every stage against every stage, a unit diagonal for one model
     from transfusion.analysis.similarity import cross_layer_map, eval_batches, load_checkpoint_model
     from transfusion.data import load_dataset
@@ -139,7 +139,8 @@ def test_interrupted_experiment_resumes_without_redoing_finished_runs(space, mon
     def stop_second(spec_dict, runs_dir, device, num_workers, threads):
         if spec_dict["seed"] in (5, 6):
             calls.append(spec_dict["seed"])
-        if len(calls) == 2 and spec_dict["seed"] == calls[-1] and spec_dict["init"] == "random":  # the second run is 'killed' after one step
+        # the second run is 'killed' after one step
+        if len(calls) == 2 and spec_dict["seed"] == calls[-1] and spec_dict["init"] == "random":
             from transfusion.experiments.runs import RunSpec
             from transfusion.train import run_training
 

@@ -146,7 +146,7 @@ def test_compare_prints_weight_distance(done):
                                       "32", "--pool", "2", "--cache", done["space"]["cache"]])
     assert result.exit_code == 0, result.output
     assert "WDIST" in result.output
-    line = next(l for l in result.output.splitlines() if l.startswith("cbr3"))
+    line = next(x for x in result.output.splitlines() if x.startswith("cbr3"))
     assert float(line.split()[3]) == pytest.approx(row["weight_distance"], abs=5e-4)
 
 

@@ -44,7 +44,8 @@ def test_parallel_runs_give_the_sequential_results_and_report_progress(tmp_path,
     assert len(finals[1]) == 4 and finals[1].keys() == finals[2].keys()
     for rid, f in finals[1].items():
         assert f["status"] == finals[2][rid]["status"] == "finished"
-        assert f["metrics"] == finals[2][rid]["metrics"] and f["test"]["auc_referable"] == finals[2][rid]["test"]["auc_referable"]
+        assert f["metrics"] == finals[2][rid]["metrics"]
+        assert f["test"]["auc_referable"] == finals[2][rid]["test"]["auc_referable"]
     msgs = [r.getMessage() for r in caplog.records]
     import os
 

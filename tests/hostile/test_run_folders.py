@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import train_fakes  # noqa: E402
 from hostile_helpers import assert_one_error_line  # noqa: E402
 
-from transfusion.train.spec import RunSpec  # noqa: E402
 from transfusion.run_lock import RunInUseError, RunLock  # noqa: E402
+from transfusion.train.spec import RunSpec  # noqa: E402
 from transfusion.utils import atomic_write_bytes, is_temp_file, remove_stale_temp_files  # noqa: E402
 
 

@@ -5,9 +5,14 @@ import pytest
 import torch
 
 from transfusion.errors import CheckpointError
-from transfusion.initializers import (identify_architecture, initialize, load_model_checkpoint,
-                                      load_state_dict_file, read_checkpoint,
-                                      save_model_checkpoint)
+from transfusion.initializers import (
+    identify_architecture,
+    initialize,
+    load_model_checkpoint,
+    load_state_dict_file,
+    read_checkpoint,
+    save_model_checkpoint,
+)
 from transfusion.models import build_model
 
 

@@ -150,6 +150,30 @@ def test_slim_takes_resnet50_up_to_block2(resnet50_file):
                    checkpoint=path)
 
 
+def test_narrow_slim_takes_the_narrow_resnet_up_to_block2(tmp_path):
+    """The CPU demo's slim: resnet50_narrow_slim takes resnet50_narrow's conv1..block2, with
+    block3-4 at half the narrow widths and random."""
+    from transfusion.models import SLIM_SOURCE
+
+    from .conftest import make_fake_pretrained
+
+    assert SLIM_SOURCE == {"resnet50_slim": "resnet50", "resnet50_narrow_slim": "resnet50_narrow"}
+    src_model = make_fake_pretrained("resnet50_narrow")
+    path = tmp_path / "narrow.pth"
+    torch.save(src_model.state_dict(), path)
+    src = src_model.state_dict()
+    model = build_model("resnet50_narrow_slim", 5)
+    s = initialize(model, "slim", model_name="resnet50_narrow_slim", checkpoint=path)
+    got = sd(model)
+    for stage in ("conv1", "block1", "block2"):
+        for k in model.stage_keys(stage):
+            assert torch.equal(got[k], src[k]), k
+    assert got["layer3.0.conv1.weight"].shape == (32, 128, 1, 1)  # narrow block3 at half width
+    assert got["fc.weight"].shape == (5, 256)
+    assert s["stages"]["block3"] == {"random": len(model.stage_keys("block3"))}
+    assert s["stages"]["block4"] == {"random": len(model.stage_keys("block4"))}
+
+
 def _dominant_orientation(f):
     """Orientation (mod pi) of the peak of the filter's zero-padded spectrum."""
     spec = torch.fft.fftshift(torch.fft.fft2(f.double(), s=(64, 64))).abs()

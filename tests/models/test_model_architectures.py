@@ -4,8 +4,14 @@ import torch
 from torch import nn
 
 from transfusion.errors import ConfigError
-from transfusion.models import (CBR_SPECS, INCEPTION_MIN_INPUT_SIZE, MODEL_NAMES, build_model,
-                                canonical_model_name, model_skeleton)
+from transfusion.models import (
+    CBR_SPECS,
+    INCEPTION_MIN_INPUT_SIZE,
+    MODEL_NAMES,
+    build_model,
+    canonical_model_name,
+    model_skeleton,
+)
 
 
 def n_params(model):
@@ -101,7 +107,7 @@ def test_slim_and_narrow_shapes():
 
 
 def test_registry_names_and_aliases():
-    assert set(MODEL_NAMES) == {"resnet50", "inception_v3", "resnet50_slim", "resnet50_narrow",
+    assert set(MODEL_NAMES) == {"resnet50", "inception_v3", "resnet50_slim", "resnet50_narrow", "resnet50_narrow_slim",
                                 "cbr_larget", "cbr_largew", "cbr_small", "cbr_tiny"}
     assert canonical_model_name("CBR-Small") == "cbr_small"
     assert canonical_model_name("Inception-v3") == "inception_v3"

@@ -38,7 +38,8 @@ def _pair(n=1500, a=24, b=16, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, 8, generator=g, dtype=torch.float64)
     x = z @ torch.randn(8, a, generator=g, dtype=torch.float64) + torch.randn(n, a, generator=g, dtype=torch.float64)
-    y = z @ torch.randn(8, b, generator=g, dtype=torch.float64) + 2 * torch.randn(n, b, generator=g, dtype=torch.float64)
+    y = (z @ torch.randn(8, b, generator=g, dtype=torch.float64)
+         + 2 * torch.randn(n, b, generator=g, dtype=torch.float64))
     return (x + 3).to(dtype), (torch.relu(y) - 1).to(dtype)
 
 
@@ -384,7 +385,8 @@ def test_cuda_in_memory_and_streamed_match_oracle(tmp_path):
     x, y = _pair(n=3000)
     stats = _stream({"x": x.cuda(), "y": y.cuda()}, 700)
     stats.save(tmp_path / "s.pt")
-    back = CCAStatistics.load(tmp_path / "s.pt", map_location="cuda").merge(_stream({"x": x.cuda() + 1, "y": y.cuda()}, 900))
+    back = CCAStatistics.load(tmp_path / "s.pt", map_location="cuda").merge(
+        _stream({"x": x.cuda() + 1, "y": y.cuda()}, 900))
     for method in OPS:
         want = REFS[method](x, y)
         assert abs(OPS[method](x.cuda(), y.cuda()).mean - want) < 1e-6

@@ -20,9 +20,8 @@ import torch
 
 from transfusion.errors import InputError
 from transfusion.models import build_model
-from transfusion.ops import CCAStatistics, SimilarityResult, cca, cka, procrustes, pwcca, svcca
+from transfusion.ops import CCAStatistics, SimilarityResult, cca, cka, procrustes, pwcca, resampling, svcca
 from transfusion.ops import reference_cca as R
-from transfusion.ops import resampling
 from transfusion.ops import similarity as S
 
 
@@ -47,8 +46,9 @@ def _pair(n, a=12, b=9, seed=0, dtype=torch.float64):
     """Two related layers (shared latent directions), offsets, a ReLU: not centred, not Gaussian."""
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, 5, generator=g, dtype=torch.float64)
-    x = z @ torch.randn(5, a, generator=g, dtype=torch.float64) + torch.randn(n, a, generator=g, dtype=torch.float64)
-    y = z @ torch.randn(5, b, generator=g, dtype=torch.float64) + 2 * torch.randn(n, b, generator=g, dtype=torch.float64)
+    f64 = torch.float64
+    x = z @ torch.randn(5, a, generator=g, dtype=f64) + torch.randn(n, a, generator=g, dtype=f64)
+    y = z @ torch.randn(5, b, generator=g, dtype=f64) + 2 * torch.randn(n, b, generator=g, dtype=f64)
     return (x + 3).to(dtype), (torch.relu(y) - 1).to(dtype)
 
 

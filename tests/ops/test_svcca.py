@@ -2,7 +2,6 @@
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -19,7 +18,8 @@ def _pair(n=2000, a=24, b=16, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, 8, generator=g, dtype=torch.float64)
     x = z @ torch.randn(8, a, generator=g, dtype=torch.float64) + torch.randn(n, a, generator=g, dtype=torch.float64)
-    y = z @ torch.randn(8, b, generator=g, dtype=torch.float64) + 2 * torch.randn(n, b, generator=g, dtype=torch.float64)
+    y = (z @ torch.randn(8, b, generator=g, dtype=torch.float64)
+         + 2 * torch.randn(n, b, generator=g, dtype=torch.float64))
     return (x + 3).to(dtype), (torch.relu(y) - 1).to(dtype)
 
 

@@ -71,7 +71,8 @@ def test_merge_save_load():
     merged = first.merge(second)
     assert merged.n("a") == 3000
     for method in OPS:
-        assert merged.similarity("a", "c", method).mean == pytest.approx(full.similarity("a", "c", method).mean, abs=1e-10)
+        expect = full.similarity("a", "c", method).mean
+        assert merged.similarity("a", "c", method).mean == pytest.approx(expect, abs=1e-10)
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "stats.pt")
         merged.save(path)

@@ -11,8 +11,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import train_fakes  # noqa: E402
 
-from transfusion.train.spec import RunSpec  # noqa: E402
 from transfusion.train import run_training  # noqa: E402
+from transfusion.train.spec import RunSpec  # noqa: E402
 
 WORKER = Path(__file__).parent / "train_ddp_worker.py"
 

@@ -1,5 +1,5 @@
-"""The whole path with the other streams' real code: synthetic fundus images in the EyePACS
-layout (data stream), CBR-Tiny (models stream), the loop; stopped and resumed vs uninterrupted."""
+"""The whole path with the other packages' real code: synthetic fundus images in the EyePACS
+layout (transfusion.data), CBR-Tiny (transfusion.models), the loop; stopped and resumed vs uninterrupted."""
 import json
 import math
 
@@ -9,8 +9,8 @@ import torch
 pytest.importorskip("transfusion.models")
 pytest.importorskip("transfusion.data.synthetic")
 
-from transfusion.train.spec import RunSpec  # noqa: E402
 from transfusion.train import run_training  # noqa: E402
+from transfusion.train.spec import RunSpec  # noqa: E402
 
 
 def same(a: dict, b: dict) -> bool:

@@ -13,8 +13,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 import train_fakes  # noqa: E402
 
 from transfusion.experiments.runs import RunSpec  # noqa: E402
-from transfusion.train import loop as L  # noqa: E402
-from transfusion.train import run_training  # noqa: E402
+from transfusion.train import (
+    run_log,  # noqa: E402
+    run_training,  # noqa: E402
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -108,9 +110,9 @@ def test_without_tensorboard_one_line_says_how_to_get_it(tmp_path, monkeypatch, 
         return real_import(name, *a, **kw)
 
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
-    monkeypatch.setattr(L, "_TB_SAID", False)
+    monkeypatch.setattr(run_log, "_TB_SAID", False)
     s = spec()
-    with caplog.at_level(logging.INFO, logger="transfusion.train.loop"):
+    with caplog.at_level(logging.INFO, logger="transfusion.train.run_log"):
         run(s, tmp_path / "a")
         run(RunSpec(**{**s.to_dict(), "seed": 9}), tmp_path / "a")
     said = [r.getMessage() for r in caplog.records if "pip install tensorboard" in r.getMessage()]

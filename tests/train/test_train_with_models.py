@@ -10,9 +10,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import train_fakes  # noqa: E402
 
-from transfusion.train.spec import RunSpec  # noqa: E402
 from transfusion.train import run_training  # noqa: E402
 from transfusion.train.loop import Components  # noqa: E402
+from transfusion.train.spec import RunSpec  # noqa: E402
 
 models = pytest.importorskip("transfusion.models")
 inits = pytest.importorskip("transfusion.initializers")

@@ -8,11 +8,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-
 import train_fakes  # noqa: E402
 
-from transfusion.train.spec import RunSpec  # noqa: E402
 from transfusion.train import run_training  # noqa: E402
+from transfusion.train.spec import RunSpec  # noqa: E402
 
 if __name__ == "__main__":
     torch.set_num_threads(1)

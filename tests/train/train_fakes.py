@@ -1,4 +1,4 @@
-"""Tiny stand-ins for the models and data streams (contract-shaped), for fast loop tests."""
+"""Tiny stand-ins for the models and data packages (contract-shaped), for fast loop tests."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,7 +26,7 @@ NATURAL = FakeTask("natural", "multiclass", 4, ("a", "b", "c", "d"))
 
 class FakeDataset(Dataset):
     """Images whose channel means carry the label (learnable in a few steps); optional flips drawn
-    from the global torch RNG, as the data stream's augmentation does."""
+    from the global torch RNG, as transfusion.data's augmentation does."""
 
     def __init__(self, task, split: str, n: int, image_size: int, augment: bool, seed: int,
                  in_channels: int = 3):

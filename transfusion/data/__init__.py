@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from transfusion.data.tasks import CHEXPERT, CHEXPERT_COMPETITION, REFERABLE_GRADE, RETINA, TASKS, Task, referable
@@ -20,9 +19,6 @@ if TYPE_CHECKING:  # torch and numpy load on first use, keeping `transfusion --h
 log = logging.getLogger(__name__)
 
 DATASET_NAMES = ("eyepacs", "aptos", "medmnist", "chexpert", "imagefolder")
-#: Which dataset (and which synthetic kind) serves each task by default.
-DATASET_FOR_TASK = {"retina": ("eyepacs", "fundus"), "chexpert": ("chexpert", "chexpert"),
-                    "natural": ("imagefolder", "natural")}
 
 
 def load_dataset(name: str, root: str | Path, split: str, *, image_size: int, augment: bool,
@@ -89,5 +85,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["CHEXPERT", "CHEXPERT_COMPETITION", "DATASET_FOR_TASK", "DATASET_NAMES", "ImageDataset",
+__all__ = ["CHEXPERT", "CHEXPERT_COMPETITION", "DATASET_NAMES", "ImageDataset",
            "REFERABLE_GRADE", "RETINA", "TASKS", "Task", "load_dataset", "referable"]

@@ -1,9 +1,9 @@
 """The one Dataset class every loader returns: a table of items plus decoding, caching, checks.
 
-Loaders (eyepacs.py, aptos.py, chexpert.py, medmnist.py, imagefolder.py) only parse their format
-into an :class:`ItemTable`; this module checks files, applies ``limit``, logs the summary, builds
-the optional on-disk cache (uint8 ``.npy`` per split and size) and serves
-``(image, target, mask)``.
+Loaders (retina.py for EyePACS and APTOS, chexpert.py, medmnist.py, imagefolder.py, csvfile.py)
+only parse their format into an :class:`ItemTable`; this module checks files, applies ``limit``,
+logs the summary, builds the optional on-disk cache (uint8 ``.npy`` per split and size) and
+serves ``(image, target, mask)``.
 """
 from __future__ import annotations
 

@@ -66,7 +66,7 @@ def describe(
 ) -> None:
     """Print image, patient and class counts per split."""
     from transfusion.data import load_dataset
-    from transfusion.errors import TransfusionError
+    from transfusion.errors import USER_ERROR_EXIT, TransfusionError
 
     splits = ["train", "val", "test"] if split == "all" else [split]
     out = []
@@ -80,7 +80,7 @@ def describe(
                 out.append({"dataset": name, "split": s, "n": 0, "empty": True})
                 continue
             typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(code=1)
+            raise typer.Exit(code=USER_ERROR_EXIT) from None
         out.append(ds.describe())
     if as_json:
         typer.echo(json.dumps(out, indent=2))

@@ -43,7 +43,7 @@ def read_rows(path: str | Path, required: Sequence[str], what: str
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
-        raise DataError(f"{path}: the file is empty; expected a header with {', '.join(required)}")
+        raise DataError(f"{path}: the file is empty; expected a header with {', '.join(required)}") from None
     missing = [c for c in required if c not in header]
     if missing:
         raise DataError(f"{path}, line 1: missing column(s) {', '.join(missing)} (header is "
@@ -80,7 +80,7 @@ def read_table(path: str | Path, required: Sequence[str], what: str) -> tuple[li
                         f"that holds it (expected columns: {', '.join(required)})")
     rows = list(csv.reader(read_text(path).splitlines()))
     if not rows:
-        raise DataError(f"{path}: the file is empty; expected a header with {', '.join(required)}")
+        raise DataError(f"{path}: the file is empty; expected a header with {', '.join(required)}") from None
     header = [h.strip() for h in rows[0]]
     missing = [c for c in required if c not in header]
     if missing:

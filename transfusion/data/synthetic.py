@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 import multiprocessing as mp
@@ -597,8 +596,3 @@ def ensure_synthetic(kind: str, cache_root, n_images: int, image_size: int, seed
             raise
         shutil.rmtree(tmp, ignore_errors=True)
     return root
-
-
-def describe_manifest(root) -> dict | None:
-    p = Path(root) / "synthetic.json"
-    return json.loads(p.read_text()) if p.is_file() else None

@@ -1,11 +1,11 @@
 """Every paper experiment as a plan of training runs plus an aggregation into results/<experiment>/.
 
 ``EXPERIMENTS`` maps the command name (``transfusion run <name>``) to its module; each module has
-``NAME``, ``TITLE``, ``QUESTION``, ``WRITES``, ``plan(cfg, make) -> list[PlannedRun]``, optionally
+``TITLE``, ``QUESTION``, ``WRITES``, ``plan(cfg, make) -> list[PlannedRun]``, optionally
 ``OPTIONS`` (the experiment-specific options its ``run`` command offers: ``small_data``, ``upto``),
 ``analyse(cfg, planned, runs_dir, ctx)`` (similarity computations after training) and
 ``report(plan_doc, runs_dir, out_dir)`` (results.csv, figures and report.md from files only).
-``transfusion.experiments.engine.run_experiment`` drives them; ``runs.py`` (train stream) holds the
+``transfusion.experiments.engine.run_experiment`` drives them; ``runs.py`` holds the
 run spec and the executors.
 """
 from __future__ import annotations

@@ -28,7 +28,6 @@ def _run(name: str, *, preset, dataset, data_dir, data_format, models, seeds, st
          parallel_runs=None) -> None:
     from transfusion.experiments import config as C
     from transfusion.experiments.engine import run_experiment
-
     from transfusion.validation import check_options, check_writable_dir, parse_seeds
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -176,7 +175,6 @@ def compare(
     from transfusion.analysis.feature_reuse import same_architecture, stage_weight_distances
     from transfusion.analysis.similarity import compare_models, eval_batches, load_checkpoint_model
     from transfusion.data import load_dataset
-
     from transfusion.errors import CheckpointError
     from transfusion.validation import check_model_input, check_options
 

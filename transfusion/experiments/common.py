@@ -1,7 +1,7 @@
 """What every experiment shares: planned runs, the plan file, reading run folders, curves.
 
 An experiment is a plan of runs plus an aggregation. ``PlannedRun`` pairs the role a run plays in
-the experiment (model, init, seed, cut, data limit) with the training stream's ``RunSpec``; the
+the experiment (model, init, seed, cut, data limit) with training's ``RunSpec``; the
 plan is written to ``results/<experiment>/plan.json`` before anything is trained, so that
 ``transfusion report DIR`` can rebuild every table and figure from the run folders alone.
 """
@@ -152,7 +152,7 @@ def referable_test_scores(rec: RunRecord):
 
 
 def steps_to(rec: RunRecord, key: str, threshold: float) -> float | None:
-    """First evaluated step at which ``key`` >= threshold (train stream's steps_to_threshold)."""
+    """First evaluated step at which ``key`` >= threshold (transfusion.train.metrics.steps_to_threshold)."""
     from transfusion.train.metrics import steps_to_threshold
 
     rows = eval_records(rec, key)

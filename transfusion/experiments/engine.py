@@ -10,7 +10,7 @@
 4. the runs executed by the chosen executor (finished runs skipped, interrupted ones resumed);
 5. the experiment's analysis (similarities), then its report, from files only.
 
-Everything that knows the training stream's ``RunSpec`` fields is in ``training_spec`` below.
+Everything that knows training's ``RunSpec`` fields is in ``training_spec`` below.
 """
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def training_spec(*, model: str, task: str, data: dict, init: str, seed: int, st
                   checkpoint: str | None = None, upto: str | None = None, limit: int | None = None,
                   snapshot_every: int = 0, bn_recalibration_images: int = 0,
                   test_split: str | None = None):
-    """The training stream's RunSpec for one run (the one place that knows its fields).
+    """Training's RunSpec for one run (the one place that knows its fields).
 
     Checkpoints are written at every evaluation so an interrupted short run resumes close to
     where it stopped (the recipe default, 1000 steps, is for long runs). ``snapshot_every`` > 0

@@ -32,12 +32,10 @@ import json
 from pathlib import Path
 
 from transfusion.experiments import claims
-from transfusion.experiments.common import (base_row, headline_key, load_plan_runs, setup_text,
-                                            standard_warnings)
+from transfusion.experiments.common import base_row, headline_key, load_plan_runs, setup_text, standard_warnings
 from transfusion.report import document, figures, tables
 from transfusion.train.run_folder import RunFolder
 
-NAME = "feature-reuse"
 OPTIONS = ("small_data",)
 TITLE = "Feature reuse: weight distance, stage resets and k-NN probes per layer (after paper Figs. 3-5)"
 QUESTION = ("Where in the network is pretrained knowledge reused: which stages move, which matter "

@@ -11,7 +11,6 @@ from pathlib import Path
 from transfusion.experiments import claims
 from transfusion.experiments.speed import speed_report
 
-NAME = "gabor"
 TITLE = "Synthetic Gabor conv1 vs transfused conv1 vs random (paper Fig. 9, right)"
 QUESTION = "Is the benefit of a pretrained conv1 just its Gabor-like filter shapes?"
 WRITES = ("results.csv (one row per run), auc_vs_step.png, steps_to_threshold.png, "

@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from transfusion.experiments.common import base_row, load_plan_runs, setup_text, standard_warnings
 from transfusion.experiments import claims
+from transfusion.experiments.common import base_row, load_plan_runs, setup_text, standard_warnings
 from transfusion.report import document, figures, tables
 from transfusion.train.run_folder import RunFolder
 from transfusion.utils import atomic_write_json
 
-NAME = "layer-change"
 TITLE = "Layer change during training: CCA(init, final) per layer (paper Figs. 3, 5)"
 QUESTION = ("Which layers change most during training, from random init and from transfer? Do "
             "conv1 filters keep their pretrained shape?")

@@ -12,7 +12,6 @@ from pathlib import Path
 from transfusion.experiments import claims
 from transfusion.experiments.speed import speed_report
 
-NAME = "mean-var"
 TITLE = "Mean Var initialisation vs random and transfer (paper Fig. 6)"
 QUESTION = "Is the benefit of transfer just the scale (mean and variance) of the pretrained weights?"
 WRITES = ("results.csv (one row per run: setting, final AUC, steps to threshold), auc_vs_step.png "

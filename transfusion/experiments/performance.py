@@ -7,13 +7,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transfusion.experiments.common import (base_row, final_metric, final_split, headline_key,
-                                            load_plan_runs, referable_test_scores, setup_text,
-                                            standard_warnings)
 from transfusion.experiments import claims
+from transfusion.experiments.common import (
+    base_row,
+    final_metric,
+    final_split,
+    headline_key,
+    load_plan_runs,
+    referable_test_scores,
+    setup_text,
+    standard_warnings,
+)
 from transfusion.report import document, figures, tables
 
-NAME = "performance"
 #: the experiment-specific command-line options its `run` command offers (see experiments/cli.py)
 OPTIONS = ("small_data",)
 TITLE = "Performance: transfer vs random initialisation (paper Tables 1-3)"
@@ -101,7 +107,8 @@ def report(plan_doc: dict, runs_dir: Path, out_dir: Path) -> Path:
                 ("Results" + (f" on {small} training images (Table 3)" if small else " (Tables 1, 2)"),
                  tables.markdown_table(head, body))]
     if cfg["dataset"] == "chexpert":
-        head = ["pathology"] + [f"{m} {i}" for m in cfg["models"] for i in INITS] + ["paper ResNet50 % (random / transfer)"]
+        head = (["pathology"] + [f"{m} {i}" for m in cfg["models"] for i in INITS]
+                + ["paper ResNet50 % (random / transfer)"])
         body = []
         for lab, (r, t) in tables.PAPER_CHEXPERT_RESNET50.items():
             col = "auc_" + lab.lower().replace(" ", "_")

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transfusion.experiments.common import base_row, load_plan_runs, setup_text, standard_warnings
 from transfusion.experiments import claims
+from transfusion.experiments.common import base_row, load_plan_runs, setup_text, standard_warnings
 from transfusion.report import document, figures, tables
 from transfusion.utils import atomic_write_json
 
-NAME = "representations"
 TITLE = "Representations: CCA(random, transfer) vs CCA(random, random) (paper Fig. 2)"
 QUESTION = "Do networks trained from transfer and from random init learn similar representations?"
 WRITES = ("similarity_<model>_s<seed>.json (per-layer SVCCA/CKA of one triplet), results.csv (one "

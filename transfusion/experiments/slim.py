@@ -10,7 +10,6 @@ from pathlib import Path
 from transfusion.experiments import claims
 from transfusion.experiments.speed import speed_report
 
-NAME = "slim"
 TITLE = "Slim hybrid vs transfer vs random (paper Fig. 9, left)"
 QUESTION = ("Does a model pretrained up to block2, with a half-width random top, keep the benefit of "
             "transfer?")

@@ -10,11 +10,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from transfusion.experiments.common import (base_row, curve, final_metric, headline_key,
-                                            load_plan_runs, setup_text, standard_warnings, steps_to)
 from transfusion.experiments.claims import section as claims_section
 from transfusion.experiments.claims import speed_values
 from transfusion.experiments.claims import write as write_claims
+from transfusion.experiments.common import (
+    base_row,
+    curve,
+    final_metric,
+    headline_key,
+    load_plan_runs,
+    setup_text,
+    standard_warnings,
+    steps_to,
+)
 from transfusion.report import document, figures, tables
 
 

@@ -13,7 +13,6 @@ from transfusion.errors import ConfigError
 from transfusion.experiments import claims
 from transfusion.experiments.speed import speed_report
 
-NAME = "weight-transfusion"
 OPTIONS = ("upto",)
 TITLE = "Weight transfusion: pretrained up to a cut, random above (paper Fig. 8)"
 QUESTION = "Which layers' pretrained weights make training converge faster?"

@@ -34,7 +34,8 @@ _PREFIXES = ("module.", "_orig_mod.")
 
 DISPLAY_NAMES = {
     "resnet50": "ResNet50", "inception_v3": "Inception-v3", "resnet50_slim": "ResNet50-slim",
-    "resnet50_narrow": "ResNet50-narrow", "resnet50_narrow_slim": "ResNet50-narrow-slim", "cbr_larget": "CBR-LargeT", "cbr_largew": "CBR-LargeW",
+    "resnet50_narrow": "ResNet50-narrow", "resnet50_narrow_slim": "ResNet50-narrow-slim",
+    "cbr_larget": "CBR-LargeT", "cbr_largew": "CBR-LargeW",
     "cbr_small": "CBR-Small", "cbr_tiny": "CBR-Tiny",
 }
 

@@ -27,8 +27,13 @@ import torch
 from torch import nn
 
 from transfusion.errors import CheckpointError, ConfigError
-from transfusion.initializers.checkpoint import (DISPLAY_NAMES, Checkpoint, describe_state_dict,
-                                                 identify_architecture, read_checkpoint)
+from transfusion.initializers.checkpoint import (
+    DISPLAY_NAMES,
+    Checkpoint,
+    describe_state_dict,
+    identify_architecture,
+    read_checkpoint,
+)
 from transfusion.initializers.gabor import GAMMA, SIGMA_PER_WAVELENGTH, gabor_bank
 from transfusion.models import SLIM_SOURCE, canonical_model_name, model_skeleton
 

@@ -6,8 +6,7 @@ from transfusion.models.base import StagedModel
 from transfusion.models.cbr import CBR_SPECS, CBRNet, CBRSpec
 from transfusion.models.inception import MIN_INPUT_SIZE as INCEPTION_MIN_INPUT_SIZE
 from transfusion.models.inception import Inception3
-from transfusion.models.registry import (MODEL_NAMES, build_model, canonical_model_name,
-                                         model_skeleton)
+from transfusion.models.registry import MODEL_NAMES, build_model, canonical_model_name, model_skeleton
 from transfusion.models.resnet import SLIM_SOURCE, ResNet
 
 __all__ = ["CBR_SPECS", "CBRNet", "CBRSpec", "INCEPTION_MIN_INPUT_SIZE", "Inception3",

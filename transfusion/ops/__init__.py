@@ -18,7 +18,8 @@ from transfusion.ops.similarity import SimilarityResult, cca, cka, procrustes, p
 from transfusion.ops.similarity_matrix import SimilarityMatrix, similarity_matrix, similarity_matrix_from
 
 __all__ = [
-    "CBR2d", "CCAStatistics", "MaxPool2dSavingIndices", "SimilarityResult", "bn_relu_train", "cca", "cka", "conv_bn_relu",
+    "CBR2d", "CCAStatistics", "MaxPool2dSavingIndices", "SimilarityResult", "bn_relu_train", "cca", "cka",
+    "conv_bn_relu",
     "conv_to_datapoints", "fold_bn", "procrustes", "pwcca", "scale_shift_relu", "svcca",
     "SimilarityMatrix", "similarity_matrix", "similarity_matrix_from",
 ]

@@ -53,13 +53,23 @@ import torch
 
 from transfusion.errors import InputError
 from transfusion.ops import gram as _gram
-from transfusion.ops.datapoints import conv_to_datapoints
 from transfusion.ops import precision as _precision
 from transfusion.ops import resampling as _resampling
 from transfusion.ops import similarity as _similarity
-from transfusion.ops.similarity import (AUTO_TARGET, DEFAULT_RTOL, METHODS, SimilarityResult, as_tensor,
-                                        check_finite, _input_dtype, _small_linalg_threads, finalise_many,
-                                        moments_from_sums, warn_about)
+from transfusion.ops.datapoints import conv_to_datapoints
+from transfusion.ops.similarity import (
+    AUTO_TARGET,
+    DEFAULT_RTOL,
+    METHODS,
+    SimilarityResult,
+    _input_dtype,
+    _small_linalg_threads,
+    as_tensor,
+    check_finite,
+    finalise_many,
+    moments_from_sums,
+    warn_about,
+)
 
 FORMAT = "transfusion-cca-statistics"
 STREAM_CHUNK_ROWS = 2048

@@ -19,7 +19,7 @@ def scale_shift_relu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) 
     return torch.relu(y).to(x.dtype)
 
 
-# ---- cbr stream: conv -> BatchNorm -> ReLU ------------------------------------------------------
+# ---- conv -> BatchNorm -> ReLU (CBR) ------------------------------------------------------------
 
 
 def bn_relu_train(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float

@@ -104,27 +104,27 @@ def cka_debiased(x: torch.Tensor, y: torch.Tensor) -> float:
     return _kernel_cka(xc @ xc.T, yc @ yc.T, debiased=True)
 
 
-def _unbiased_hsic(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+def _unbiased_hsic(k: torch.Tensor, lk: torch.Tensor) -> torch.Tensor:
     n = k.shape[0]
     k = k - torch.diag(torch.diagonal(k))
-    l = l - torch.diag(torch.diagonal(l))
+    lk = lk - torch.diag(torch.diagonal(lk))
     one = torch.ones(n, dtype=torch.float64)
     # tr(K~ L~) = sum_ij K~_ij L~_ji and 1^T K~ L~ 1 = (K~^T 1).(L~ 1): O(n^2), no n^3 product
-    return ((k * l.T).sum() + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2))
-            - 2.0 / (n - 2) * ((one @ k) @ (l @ one))) / (n * (n - 3))
+    return ((k * lk.T).sum() + (one @ k @ one) * (one @ lk @ one) / ((n - 1) * (n - 2))
+            - 2.0 / (n - 2) * ((one @ k) @ (lk @ one))) / (n * (n - 3))
 
 
-def _biased_hsic(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+def _biased_hsic(k: torch.Tensor, lk: torch.Tensor) -> torch.Tensor:
     """tr(H K H H L H) with the centring matrix H = I - 11^T / n, as written (O(n^3))."""
     n = k.shape[0]
     h = torch.eye(n, dtype=torch.float64) - torch.full((n, n), 1.0 / n, dtype=torch.float64)
-    return torch.trace(h @ k @ h @ h @ l @ h)
+    return torch.trace(h @ k @ h @ h @ lk @ h)
 
 
-def _kernel_cka(k: torch.Tensor, l: torch.Tensor, debiased: bool) -> float:
+def _kernel_cka(k: torch.Tensor, lk: torch.Tensor, debiased: bool) -> float:
     hsic = _unbiased_hsic if debiased else _biased_hsic
-    den = torch.sqrt(hsic(k, k) * hsic(l, l))
-    return float(hsic(k, l) / den) if den > 0 else 0.0
+    den = torch.sqrt(hsic(k, k) * hsic(lk, lk))
+    return float(hsic(k, lk) / den) if den > 0 else 0.0
 
 
 def rbf_cka(x: torch.Tensor, y: torch.Tensor, sigma: float = 1.0, debiased: bool = False) -> float:

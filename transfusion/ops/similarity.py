@@ -910,25 +910,25 @@ def rbf_kernel(x: torch.Tensor, sigma: float, name: str = "x") -> torch.Tensor:
     return d.div_(-2.0 * sigma**2 * med).exp_()
 
 
-def rbf_cka_value(k: torch.Tensor, l: torch.Tensor, debiased: bool) -> float:
+def rbf_cka_value(k: torch.Tensor, lk: torch.Tensor, debiased: bool) -> float:
     """CKA of two n x n kernels: biased HSIC tr(HKH HLH) (Kornblith's ``cka``) or the unbiased
-    HSIC (Song et al. 2012, ``reference_cca.cka_debiased``), in place on k and l."""
+    HSIC (Song et al. 2012, ``reference_cca.cka_debiased``), in place on k and lk."""
     n = k.shape[0]
     if debiased:
         k.fill_diagonal_(0)
-        l.fill_diagonal_(0)
+        lk.fill_diagonal_(0)
 
         def hsic(a, b, ra, rb):  # ra, rb: row sums
             return (torch.dot(a.reshape(-1), b.reshape(-1)) + ra.sum() * rb.sum() / ((n - 1) * (n - 2))
                     - 2.0 / (n - 2) * torch.dot(ra, rb))
-        rk, rl = k.sum(1), l.sum(1)
-        hxy, hxx, hyy = hsic(k, l, rk, rl), hsic(k, k, rk, rk), hsic(l, l, rl, rl)
+        rk, rl = k.sum(1), lk.sum(1)
+        hxy, hxx, hyy = hsic(k, lk, rk, rl), hsic(k, k, rk, rk), hsic(lk, lk, rl, rl)
         lo = -1.0
     else:
-        for m in (k, l):  # H m H in place: subtract row and column means, add the grand mean
+        for m in (k, lk):  # H m H in place: subtract row and column means, add the grand mean
             r = m.mean(1)
             m.sub_(r[:, None]).sub_(r[None]).add_(r.mean())
-        hxy, hxx, hyy = (torch.dot(a.reshape(-1), b.reshape(-1)) for a, b in ((k, l), (k, k), (l, l)))
+        hxy, hxx, hyy = (torch.dot(a.reshape(-1), b.reshape(-1)) for a, b in ((k, lk), (k, k), (lk, lk)))
         lo = 0.0
     if not (hxx > 0 and hyy > 0):
         return 0.0

@@ -9,7 +9,6 @@ import csv
 import io
 import math
 from collections import defaultdict
-from pathlib import Path
 
 from transfusion.utils import atomic_write_text
 
@@ -129,9 +128,3 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     for r in rows:
         lines.append("| " + " | ".join(fmt(c) if not isinstance(c, str) else c for c in r) + " |")
     return "\n".join(lines) + "\n"
-
-
-def ensure_dir(path) -> Path:
-    p = Path(path)
-    p.mkdir(parents=True, exist_ok=True)
-    return p

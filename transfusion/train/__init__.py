@@ -1,6 +1,7 @@
 """Training: what a run computes (``spec.RunSpec``), recipes (``recipes``), the step-based loop
-(``loop.run_training``), metrics (``metrics``), checkpoints (``checkpoint``) and multi-process
-training (``distributed``). Nothing here imports experiments, analysis or the command line."""
+(``loop.run_training``) and its parts (``data_stream``, ``task``, ``evaluation``, ``checkpoint``,
+``run_log``, ``stopping``), metrics (``metrics``) and multi-process training (``distributed``).
+Nothing here imports experiments, analysis or the command line."""
 from __future__ import annotations
 
 

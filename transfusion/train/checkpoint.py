@@ -1,12 +1,15 @@
-"""Training-state checkpoints (resume) and model checkpoints (the models stream's format).
+"""Training-state checkpoints (resume) and model checkpoints (``transfusion.checkpoints``' format).
 
 A training state holds everything that decides the rest of the run: model, optimizer and
 scheduler states, the RNG states (torch, CUDA, numpy, python) of every process, the step (which
 is also the data sampler's position: the data order is a function of seed and step), and the
 running train-loss accumulator. Files are written atomically (temp file + rename).
+:func:`save_training_state` and :func:`restore_training_state` are the loop's two ends of it
+(every process's RNG state gathered to rank 0; each process restores its own on resume).
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
 from pathlib import Path
@@ -16,7 +19,10 @@ import torch
 
 from transfusion.checkpoints import load_torch_file, write_model_file
 from transfusion.errors import CheckpointError
+from transfusion.train import distributed as D
 from transfusion.utils import atomic_torch_save
+
+log = logging.getLogger(__name__)
 
 STATE_FORMAT = "transfusion-train-state"
 STATE_VERSION = 1
@@ -90,3 +96,32 @@ def last_checkpoint(run_dir: Path) -> Path | None:
 
     p = RunFolder(Path(run_dir)).training_state
     return p if p.is_file() else None
+
+
+def save_training_state(path: Path, ctx: D.DistContext, *, run_id: str, step: int, batch_size: int,
+                        seed: int, model, optimizer, scheduler, acc: dict) -> None:
+    """Every process's RNG state gathered, the training state written by rank 0, then a barrier."""
+    rngs = D.gather_objects(ctx, get_rng_state())
+    if ctx.is_main:
+        save_state(path, run_id=run_id, step=step, model=model, optimizer=optimizer,
+                   scheduler=scheduler, rng=rngs,
+                   sampler={"seed": seed, "position": step * batch_size}, extra={"acc": acc})
+    D.barrier(ctx)
+
+
+def restore_training_state(path: Path, ctx: D.DistContext, run_id: str, model, optimizer,
+                           scheduler) -> tuple[int, dict]:
+    """Load ``path`` into the model, optimizer, scheduler and this process's RNGs; returns the
+    step to continue from and the train-loss accumulator."""
+    st = load_state(path, run_id)
+    model.load_state_dict(st["model"])
+    optimizer.load_state_dict(st["optimizer"])
+    scheduler.load_state_dict(st["scheduler"])
+    rngs = st["rng"]
+    if len(rngs) == ctx.world_size:
+        set_rng_state(rngs[ctx.rank])
+    else:
+        log.warning("checkpoint was written by %d processes, resuming with %d: RNG streams "
+                    "differ from an uninterrupted run", len(rngs), ctx.world_size)
+        set_rng_state(rngs[0])
+    return int(st["step"]), dict(st["extra"]["acc"])

@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from transfusion.errors import ConfigError, TransfusionError
+from transfusion.errors import USER_ERROR_EXIT, ConfigError, TransfusionError
 from transfusion.utils import atomic_copy
 from transfusion.validation import check_options, check_writable_dir, check_writable_file
 
@@ -54,10 +54,13 @@ def _finish(result: dict, run_dir: Path) -> None:
 
 
 def train(
-    spec_file: Optional[Path] = typer.Option(None, "--spec", help="A RunSpec JSON file (or a run's config.json); flags below override its fields."),
-    model: Optional[str] = typer.Option(None, help="Model name, e.g. cbr_small, resnet50 (see transfusion.models.MODEL_NAMES)."),
+    spec_file: Optional[Path] = typer.Option(None, "--spec", help=("A RunSpec JSON file (or a run's config.json); "
+        "flags below override its fields.")),
+    model: Optional[str] = typer.Option(None, help=("Model name, e.g. cbr_small, resnet50 (see "
+        "transfusion.models.MODEL_NAMES).")),
     dataset: Optional[str] = typer.Option(None, help="eyepacs | aptos | medmnist | chexpert | imagefolder."),
-    data_root: Optional[str] = typer.Option(None, help="Dataset folder (medmnist: the .npz), or 'synthetic' for the built-in synthetic set."),
+    data_root: Optional[str] = typer.Option(None, help=("Dataset folder (medmnist: the .npz), or 'synthetic' for the "
+        "built-in synthetic set.")),
     task: Optional[str] = typer.Option(None, help="retina | chexpert | natural (default: from the dataset)."),
     init: Optional[str] = typer.Option(None, help="random | transfer | mean_var | transfuse | slim | gabor."),
     checkpoint: Optional[str] = typer.Option(None, help="Pretrained weights for non-random inits."),
@@ -73,15 +76,21 @@ def train(
     eval_split: Optional[str] = typer.Option(None, help="Evaluation split (default val)."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N training images (small-data runs)."),
     eval_limit: Optional[int] = typer.Option(None, help="Use only the first N evaluation images."),
-    test_split: Optional[str] = typer.Option(None, help="Also evaluate the final model once on this held-out split (e.g. test); metrics in final.json's \"test\"."),
+    test_split: Optional[str] = typer.Option(None, help=("Also evaluate the final model once on this held-out split "
+        "(e.g. test); metrics in final.json's \"test\".")),
     in_channels: Optional[int] = typer.Option(None, help="Input channels (1 or 3; default 3)."),
     synthetic_images: Optional[int] = typer.Option(None, help="Images in the synthetic set (data_root 'synthetic')."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Recipe override KEY=VALUE (repeatable): lr, weight_decay, augment, amp=bf16, channels_last=true, checkpoint_every, log_every, snapshot_every=N (keep the model every N steps), bn_recalibration_images=N (BatchNorm statistics re-estimated on N training images before each evaluation), ..."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help=("Recipe override KEY=VALUE (repeatable): lr, "
+        "weight_decay, augment, amp=bf16, channels_last=true, checkpoint_every, log_every, snapshot_every=N (keep the "
+        "model every N steps), bn_recalibration_images=N (BatchNorm statistics re-estimated on N training images "
+        "before each evaluation), ...")),
     runs_dir: Path = typer.Option(Path("runs"), help="Where run folders go."),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda if available)."),
     workers: int = typer.Option(0, help="Data-loading worker processes (0: exact resume, see docs)."),
-    max_steps_this_session: Optional[int] = typer.Option(None, help="Stop (with a checkpoint) after this many steps; rerun to continue."),
-    keep_training_state: bool = typer.Option(False, help="Keep checkpoints/last.pt (optimizer, RNG state) after the run finishes; by default it is deleted (model_final.pt stays)."),
+    max_steps_this_session: Optional[int] = typer.Option(None, help=("Stop (with a checkpoint) after this many steps; "
+        "rerun to continue.")),
+    keep_training_state: bool = typer.Option(False, help=("Keep checkpoints/last.pt (optimizer, RNG state) after the "
+        "run finishes; by default it is deleted (model_final.pt stays).")),
     dry_run: bool = typer.Option(False, help="Print the spec and its run_id, train nothing."),
 ) -> None:
     """Train one run; writes runs/<run_id>/. Rerunning the same command resumes or skips it."""
@@ -120,13 +129,14 @@ def train(
                               keep_training_state=keep_training_state)
     except TransfusionError as e:
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(code=2) from None
+        raise typer.Exit(code=USER_ERROR_EXIT) from None
     _finish(result, runs_dir / spec.run_id)
 
 
 def pretrain(
     model: str = typer.Option("cbr_small", help="Model to pretrain (any name of transfusion.models)."),
-    source: str = typer.Option("synthetic", help="'synthetic' (the built-in natural-image set) or an ImageFolder directory."),
+    source: str = typer.Option("synthetic", help=("'synthetic' (the built-in natural-image set) or an ImageFolder "
+        "directory.")),
     out: Optional[Path] = typer.Option(None, help="Also copy the final model checkpoint here."),
     image_size: Optional[int] = typer.Option(None, help="Image size (recipe 'pretrain': 224)."),
     steps: Optional[int] = typer.Option(None, help="Training steps (recipe 'pretrain': 10000)."),
@@ -164,7 +174,7 @@ def pretrain(
                               max_steps_this_session=max_steps_this_session)
     except TransfusionError as e:
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(code=2) from None
+        raise typer.Exit(code=USER_ERROR_EXIT) from None
     run_dir = runs_dir / spec.run_id
     _finish(result, run_dir)
     from transfusion.train.run_folder import RunFolder

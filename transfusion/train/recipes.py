@@ -11,16 +11,16 @@ it changes the evaluation numbers only, never the training.
 Choices where the paper is silent (recorded in every run's config.json under ``recipe.notes``):
 
 - retina: Adam lr 1e-3, batch 8, 587 px, constant lr (docs/paper.md). Weight decay 0 (Adam's default;
-  not stated). Augmentation on: the data stream's retina augmentation (flips, small rotations/scale,
+  not stated). Augmentation on: transfusion.data's retina augmentation (flips, small rotations/scale,
   brightness/contrast), since a 150k-step run on a finite set would otherwise overfit.
 - chexpert: SGD momentum 0.9, batch 32, 224 px, lr 0.1 * batch/256 (= 0.0125 at batch 32) reached by
   a linear warm-up from 0 over 5 epochs, then divided by 10 at epochs 30, 60 and 90 (docs/paper.md).
   An "epoch" is ``train_size / batch_size`` steps (a float; the data order crosses epoch borders
   without dropping a batch). Weight decay 1e-4 (the standard value for this SGD/step recipe;
-  not stated). Augmentation on (the data stream's CheXpert augmentation). The lr follows the
+  not stated). Augmentation on (transfusion.data's CheXpert augmentation). The lr follows the
   linear-scaling rule when the batch is overridden (``lr_per_256``); an explicit ``lr`` override
   fixes it instead.
-- splits (not stated in the paper): the data stream's patient-level hashed splits, seeded by the
+- splits (not stated in the paper): transfusion.data's patient-level hashed splits, seeded by the
   run spec's ``data_seed`` (0), identical for every training seed; config.json records each
   split's description (size, class counts, label policy).
 - pretrain (natural-image source, our choice): the standard ImageNet ResNet recipe scaled down:
@@ -83,7 +83,7 @@ RECIPES: dict[str, Recipe] = {
         name="retina", optimizer="adam", lr=1e-3, batch_size=8, image_size=587, steps=150_000,
         schedule="constant", weight_decay=0.0, augment=True, eval_every=1000,
         notes=("paper: Adam 1e-3, batch 8, 587px, constant lr (schedule not stated otherwise)",
-               "our choice: weight decay 0, augmentation on (data stream's retina augmentation)")),
+               "our choice: weight decay 0, augmentation on (transfusion.data's retina augmentation)")),
     "chexpert": Recipe(
         name="chexpert", optimizer="sgd", lr=0.1 * 32 / 256, lr_per_256=0.1, batch_size=32,
         image_size=224, steps=100_000, momentum=0.9, weight_decay=1e-4, schedule="warmup_step",
@@ -91,7 +91,7 @@ RECIPES: dict[str, Recipe] = {
         notes=("paper: SGD momentum 0.9, batch 32, 224px, linear warm-up 0 -> 0.1*32/256 over 5 "
                "epochs, /10 at epochs 30, 60, 90",
                "epoch = train_size / batch_size steps",
-               "our choice: weight decay 1e-4, augmentation on (data stream's CheXpert augmentation)")),
+               "our choice: weight decay 1e-4, augmentation on (transfusion.data's CheXpert augmentation)")),
     "pretrain": Recipe(
         name="pretrain", optimizer="sgd", lr=0.1 * 64 / 256, lr_per_256=0.1, batch_size=64,
         image_size=224, steps=10_000, momentum=0.9, weight_decay=1e-4, schedule="warmup_step",

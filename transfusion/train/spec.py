@@ -33,12 +33,13 @@ class RunSpec:
     """Everything that decides what a training run computes (and nothing that does not, such as
     the device or the number of data-loading workers).
 
-    data_root: the folder (or .npz) to pass to ``load_dataset``, or ``"synthetic"``: the data
-    stream's synthetic set of the task (``synthetic_images`` images at the recipe's image size,
+    data_root: the folder (or .npz) to pass to ``load_dataset``, or ``"synthetic"``: the
+    data package's synthetic set of the task (``synthetic_images`` images at the recipe's image size,
     made once under $TRANSFUSION_CACHE, default ~/.cache/transfusion).
     recipe: a name in ``transfusion.train.recipes.RECIPES`` (default: the task's, filled in);
-    ``overrides`` changes any recipe field (stored typed, so "1" and 1 give one run_id); ``steps``, ``eval_every``, ``image_size`` and ``batch_size`` are
-    shortcuts for the most common overrides (they win over ``overrides``).
+    ``overrides`` changes any recipe field (stored typed, so "1" and 1 give one run_id); ``steps``,
+    ``eval_every``, ``image_size`` and ``batch_size`` are shortcuts for the most common overrides
+    (they win over ``overrides``).
     test_split: a held-out split (e.g. ``"test"``) on which the final model is evaluated once,
     after the last step, into final.json's ``"test"`` (capped by ``eval_limit`` like the
     evaluation set); None (default): no test evaluation. A field at its default is left out of
