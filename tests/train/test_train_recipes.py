@@ -30,6 +30,18 @@ def test_chexpert_warmup_and_steps():
     assert e30 < e60 < e90
 
 
+def test_cosine_schedule_falls_from_the_full_rate_to_zero_at_the_last_step():
+    import math
+
+    r = get_recipe("retina", {"schedule": "cosine", "steps": 300})
+    assert lr_factor(0, r, 10.0) == 1.0 and lr_factor(150, r, 10.0) == 0.5
+    assert lr_factor(300, r, 10.0) == 0.0 and lr_factor(10**5, r, 10.0) == 0.0
+    assert lr_factor(75, r, 10.0) == (1 + math.cos(math.pi / 4)) / 2
+    f = [lr_factor(s, r, 10.0) for s in range(301)]
+    assert all(a > b for a, b in zip(f, f[1:]))  # strictly falling
+    assert lr_at(150, r, 10.0) == 0.5 * r.lr
+
+
 def test_constant_schedule():
     r = get_recipe("retina")
     assert all(lr_factor(s, r, 10.0) == 1.0 for s in (0, 1, 10**5))

@@ -74,7 +74,7 @@ def training_spec(*, model: str, task: str, data: dict, init: str, seed: int, st
                   eval_every: int, image_size: int, batch_size: int | None,
                   checkpoint: str | None = None, upto: str | None = None, limit: int | None = None,
                   snapshot_every: int = 0, bn_recalibration_images: int = 0,
-                  test_split: str | None = None):
+                  test_split: str | None = None, recipe_overrides: dict | None = None):
     """Training's RunSpec for one run (the one place that knows its fields).
 
     Checkpoints are written at every evaluation so an interrupted short run resumes close to
@@ -84,7 +84,8 @@ def training_spec(*, model: str, task: str, data: dict, init: str, seed: int, st
     """
     from transfusion.experiments.runs import RunSpec
 
-    overrides = {"checkpoint_every": eval_every, "log_every": max(1, min(50, eval_every))}
+    overrides = {**(recipe_overrides or {}), "checkpoint_every": eval_every,
+                 "log_every": max(1, min(50, eval_every))}
     if snapshot_every:
         overrides["snapshot_every"] = int(snapshot_every)
     if bn_recalibration_images:
@@ -277,7 +278,7 @@ def plan_experiment(cfg: ExperimentConfig, module, data: dict, pretrained: dict[
                              batch_size=cfg.batch_size, checkpoint=ckpt, upto=upto, limit=limit,
                              snapshot_every=cfg.snapshot_every,
                              bn_recalibration_images=cfg.bn_recalibration_images,
-                             test_split=TEST_SPLIT)
+                             test_split=TEST_SPLIT, recipe_overrides=cfg.recipe_overrides)
         role = {"model": model, "init": init, "seed": seed, "upto": upto, "limit": limit}
         if slot:
             role["slot"] = slot

@@ -47,7 +47,9 @@ class Recipe:
     momentum: float = 0.0
     weight_decay: float = 0.0
     lr_per_256: float | None = None  # if set, lr = lr_per_256 * batch_size / 256 (linear scaling)
-    schedule: str = "constant"  # "constant" | "warmup_step"
+    # "constant" | "warmup_step" | "cosine" (lr * (1 + cos(pi * step / steps)) / 2: to 0 at the
+    # last step, which steadies the final weights of a short run)
+    schedule: str = "constant"
     warmup_epochs: float = 0.0
     decay_epochs: tuple[float, ...] = ()
     decay_factor: float = 0.1
@@ -181,8 +183,8 @@ def get_recipe(name: str, overrides: dict | None = None) -> Recipe:
 def validate(r: Recipe) -> None:
     if r.optimizer not in ("adam", "sgd"):
         raise ConfigError(f"recipe optimizer {r.optimizer!r} unknown: use adam or sgd")
-    if r.schedule not in ("constant", "warmup_step"):
-        raise ConfigError(f"recipe schedule {r.schedule!r} unknown: use constant or warmup_step")
+    if r.schedule not in ("constant", "warmup_step", "cosine"):
+        raise ConfigError(f"recipe schedule {r.schedule!r} unknown: use constant, warmup_step or cosine")
     if r.amp not in ("none", "bf16"):
         raise ConfigError(f"recipe amp {r.amp!r} unknown: use none or bf16")
     for k in ("batch_size", "image_size", "eval_every", "log_every", "checkpoint_every",
@@ -212,11 +214,13 @@ def validate(r: Recipe) -> None:
 def lr_factor(step: int, recipe: Recipe, steps_per_epoch: float) -> float:
     """Multiplier of ``recipe.lr`` used for the update made at ``step`` (0-based).
 
-    warmup_step: ``step / warmup_steps`` while ``step < warmup_steps`` (so 0 at step 0), then
+    cosine: ``(1 + cos(pi * step / steps)) / 2``. warmup_step: ``step / warmup_steps`` while ``step < warmup_steps`` (so 0 at step 0), then
     ``decay_factor ** (number of decay epochs already reached)``.
     """
     if recipe.schedule == "constant":
         return 1.0
+    if recipe.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, recipe.steps) / max(1, recipe.steps)))
     warm = recipe.warmup_epochs * steps_per_epoch
     if warm > 0 and step < warm:
         return step / warm
