@@ -49,7 +49,7 @@ def data_source(cfg: ExperimentConfig) -> dict:
 
 def machine_cache() -> Path:
     """This machine's cache ($TRANSFUSION_CACHE, default ~/.cache/transfusion)."""
-    from transfusion.train.loop import cache_root
+    from transfusion.train.data_stream import cache_root
 
     return cache_root()
 
