@@ -60,7 +60,7 @@ def test_demo_experiments_share_one_recipe_so_they_share_runs(tmp_path):
 
     cfgs = [make_config(e, preset="demo", cache=str(tmp_path)) for e in EXPERIMENT_NAMES]
     for c in cfgs:
-        assert (c.steps, c.eval_every, c.pretrain_steps, c.threshold, c.seeds) == (300, 25, 600, 0.9, (0, 1, 2))
+        assert (c.steps, c.eval_every, c.pretrain_steps, c.threshold, c.seeds) == (300, 50, 600, 0.9, (0, 1, 2))
         assert "0.9" in c.threshold_note
     assert len({pretrain_spec(c, "resnet50_narrow").run_id for c in cfgs}) == 1
     assert make_config("weight-transfusion", preset="demo", steps=300, threshold=0.7).threshold == 0.7

@@ -80,9 +80,9 @@ PRESETS: dict[str, Preset] = {
     "demo": Preset(
         name="demo", models=("cbr_small", "cbr_tiny", "resnet50_narrow"), resnet="resnet50_narrow",
         slim="resnet50_narrow_slim", seeds=(0, 1, 2), steps={"retina": 300, "chexpert": 300},
-        image_size={"retina": 32, "chexpert": 32}, eval_every=25, batch_size=32, threshold=0.9,
+        image_size={"retina": 32, "chexpert": 32}, eval_every=50, batch_size=32, threshold=0.9,
         synthetic_images=6_000, synthetic_eval_images=2_400, pretrain_steps=600,
-        pretrain_images=6_400, pretrain_classes=64, similarity_images=300, pool=4,
+        pretrain_images=6_400, pretrain_classes=64, similarity_images=200, pool=4,
         threshold_note=("demo preset: 0.9 referable AUC on the synthetic fundus set's validation "
                         "split (the paper's 0.91 is on real retina)"),
         threads=1, snapshots=4, parallel_runs=2, bn_recalibration_images=256,

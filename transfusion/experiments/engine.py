@@ -14,6 +14,7 @@ Everything that knows training's ``RunSpec`` fields is in ``training_spec`` belo
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -333,8 +334,24 @@ def run_experiment(cfg: ExperimentConfig) -> Path:
         if cfg.executor == "submitit":
             save_plan()  # the cluster submitit chose
     if hasattr(module, "analyse"):
-        module.analyse(cfg, planned, cfg.runs_dir, Context(cfg, data, cfg.device or "cpu"))
+        with _analysis_threads(cfg):
+            module.analyse(cfg, planned, cfg.runs_dir, Context(cfg, data, cfg.device or "cpu"))
     return module.report(read_plan(out_dir), cfg.runs_dir, out_dir)
+
+
+@contextlib.contextmanager
+def _analysis_threads(cfg: ExperimentConfig):
+    """The analysis runs after the training pool has finished: with ``parallel_runs`` workers of
+    ``threads`` each, it may use the cores they used (parallel_runs x threads torch threads)."""
+    import torch
+
+    n = torch.get_num_threads()
+    if cfg.threads and cfg.parallel_runs > 1:
+        torch.set_num_threads(cfg.threads * cfg.parallel_runs)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def rebuild_report(out_dir: Path, runs_dir: Path | None = None) -> list[Path]:

@@ -214,7 +214,8 @@ def validate(r: Recipe) -> None:
 def lr_factor(step: int, recipe: Recipe, steps_per_epoch: float) -> float:
     """Multiplier of ``recipe.lr`` used for the update made at ``step`` (0-based).
 
-    cosine: ``(1 + cos(pi * step / steps)) / 2``. warmup_step: ``step / warmup_steps`` while ``step < warmup_steps`` (so 0 at step 0), then
+    cosine: ``(1 + cos(pi * step / steps)) / 2``.
+    warmup_step: ``step / warmup_steps`` while ``step < warmup_steps`` (so 0 at step 0), then
     ``decay_factor ** (number of decay epochs already reached)``.
     """
     if recipe.schedule == "constant":
