@@ -618,30 +618,43 @@ def _procrustes_error(m: Moments, u: torch.Tensor, s: torch.Tensor, vh: torch.Te
             + small * float(noise / den))
 
 
+def _finalise_cca_family(method: str, moments: list[Moments], keep: float | None, rtol: float,
+                         debiased: bool) -> list[SimilarityResult]:
+    """CCA, SVCCA (SVD then CCA) and PWCCA: every side's eigendecomposition first, batched."""
+    svd_keep = keep if method == "svcca" else None
+    standardise = method != "svcca"
+    pairs = []
+    for m in moments:
+        var_xx, var_yy = (m.variance_blocks()[:2] if m.entry_var is not None else (None, None))
+        pairs.append((_side(m.cxx, m.mean_x, m.n, standardise, m.input_dtype, var_xx),
+                      _side(m.cyy, m.mean_y, m.n, standardise, m.input_dtype, var_yy)))
+    sides = [side for pair in pairs for side in pair]
+    for side, (lam, vec) in zip(sides, _eigh_many([s.matrix for s in sides])):
+        side.lam, side.vec = lam, vec
+    return [_solve(method, m, sx, sy, svd_keep, rtol) for m, (sx, sy) in zip(moments, pairs)]
+
+
+#: method -> finaliser(method, moments, keep, rtol, debiased): a new similarity measure is one
+#: function computing it from the moments (Moments) plus one entry here
+FINALISERS = {
+    "svcca": _finalise_cca_family,
+    "cca": _finalise_cca_family,
+    "pwcca": _finalise_cca_family,
+    "cka": lambda method, moments, keep, rtol, debiased: [_cka(m, debiased) for m in moments],
+    "procrustes": lambda method, moments, keep, rtol, debiased: [_procrustes(m) for m in moments],
+}
+assert tuple(FINALISERS) == METHODS
+
+
 def finalise_many(method: str, moments: list[Moments], keep: float | None = 0.99,
                   rtol: float = DEFAULT_RTOL, debiased: bool = False) -> list[SimilarityResult]:
-    """Similarity results from moments; the eigendecompositions of equal-width sides are batched.
-    ``debiased`` (cka only): the unbiased HSIC, from the moments' ``row_norms``."""
-    if method not in METHODS:
+    """Similarity results from moments (see FINALISERS); the eigendecompositions of equal-width
+    sides are batched. ``debiased`` (cka only): the unbiased HSIC, from the moments' ``row_norms``."""
+    if method not in FINALISERS:
         raise InputError(f"method must be one of {METHODS}, got {method!r}")
     if debiased and method != "cka":
         raise InputError(f"debiased=True is for method='cka', got method={method!r}")
-    if method == "cka":
-        results = [_cka(m, debiased) for m in moments]
-    elif method == "procrustes":
-        results = [_procrustes(m) for m in moments]
-    else:
-        svd_keep = keep if method == "svcca" else None
-        standardise = method != "svcca"
-        sides = []
-        for m in moments:
-            var_xx, var_yy = (m.variance_blocks()[:2] if m.entry_var is not None else (None, None))
-            sides.append(_side(m.cxx, m.mean_x, m.n, standardise, m.input_dtype, var_xx))
-            sides.append(_side(m.cyy, m.mean_y, m.n, standardise, m.input_dtype, var_yy))
-        for side, (lam, vec) in zip(sides, _eigh_many([s.matrix for s in sides])):
-            side.lam, side.vec = lam, vec
-        results = [_solve(method, m, sides[2 * i], sides[2 * i + 1], svd_keep, rtol)
-                   for i, m in enumerate(moments)]
+    results = FINALISERS[method](method, moments, keep, rtol, debiased)
     for m, r in zip(moments, results):
         # debiased CKA removes the bias towards 1 that few datapoints give (its point)
         r.few_datapoints = (not r.debiased
