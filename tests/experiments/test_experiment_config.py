@@ -83,3 +83,21 @@ def test_snapshots_from_the_preset_reach_every_run_spec():
     assert training_spec(**kw, snapshot_every=2).overrides["snapshot_every"] == 2
     with pytest.raises(ConfigError, match="snapshots"):
         make_config("performance", preset="micro", snapshots=-1)
+
+
+def test_demo_recipe_overrides_reach_the_run_specs(tmp_path):
+    """The demo's cosine schedule reaches every medical run; the narrow ResNets' learning rate
+    only theirs; pretraining runs keep the pretraining recipe."""
+    from transfusion.experiments import experiment_module
+    from transfusion.experiments.engine import plan_experiment, pretrain_spec
+
+    cfg = make_config("performance", preset="demo", cache=str(tmp_path), runs=str(tmp_path / "runs"))
+    fake = {m: {"path": "/w.pt", "source": "test"} for m in cfg.models}
+    planned = plan_experiment(cfg, experiment_module("performance"),
+                              {"dataset": "eyepacs", "root": "/data"}, fake)
+    for p in planned:
+        o = p.spec.overrides
+        assert o["schedule"] == "cosine" and o["bn_recalibration_images"] == 256
+        assert p.spec.test_split == "test"
+        assert o.get("lr") == (0.006 if p.role["model"] == "resnet50_narrow" else None)
+    assert "schedule" not in pretrain_spec(cfg, "cbr_tiny").overrides

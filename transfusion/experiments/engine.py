@@ -279,7 +279,8 @@ def plan_experiment(cfg: ExperimentConfig, module, data: dict, pretrained: dict[
                              batch_size=cfg.batch_size, checkpoint=ckpt, upto=upto, limit=limit,
                              snapshot_every=cfg.snapshot_every,
                              bn_recalibration_images=cfg.bn_recalibration_images,
-                             test_split=TEST_SPLIT, recipe_overrides=cfg.recipe_overrides)
+                             test_split=TEST_SPLIT,
+                             recipe_overrides={**cfg.recipe_overrides, **cfg.model_overrides.get(model, {})})
         role = {"model": model, "init": init, "seed": seed, "upto": upto, "limit": limit}
         if slot:
             role["slot"] = slot
