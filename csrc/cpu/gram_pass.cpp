@@ -59,9 +59,11 @@ void centre(const at::Tensor& x, const at::Tensor& shift, at::Tensor& out, at::T
   TRANSFUSION_CPU_KERNEL(centre_chunk_kernel)(x, shift, out, colsum, sq);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> gram_pass(at::TensorList xs, const at::Tensor& shift,
-                                                         int64_t chunk_rows, bool cross) {
-  const GramPassPlan p = plan_gram_pass(xs, shift, chunk_rows, cross, "gram_pass (CPU)");
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gram_pass_groups(at::TensorList xs,
+                                                                const at::Tensor& shift,
+                                                                int64_t chunk_rows,
+                                                                at::IntArrayRef group_sizes) {
+  const GramPassPlan p = plan_gram_pass(xs, shift, chunk_rows, group_sizes, "gram_pass (CPU)");
   const auto f64 = xs[0].options().dtype(at::kDouble);
   at::Tensor gram = at::zeros({p.width, p.width}, f64);
   at::Tensor colsum = at::zeros({p.width}, f64);
@@ -113,9 +115,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gram_pass(at::TensorList xs, cons
   return {gram, colsum, chunk_sq};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gram_pass(at::TensorList xs, const at::Tensor& shift,
+                                                         int64_t chunk_rows, bool cross) {
+  return gram_pass_groups(xs, shift, chunk_rows, cross_groups(xs.size(), cross));
+}
+
 }  // namespace
 }  // namespace transfusion::cpu
 
 TORCH_LIBRARY_IMPL(transfusion, CPU, m) {
   m.impl("gram_pass", &transfusion::cpu::gram_pass);
+  m.impl("gram_pass_groups", &transfusion::cpu::gram_pass_groups);
 }

@@ -9,7 +9,8 @@
 //                  leans one way. The rounding model of transfusion/ops/precision.py bounds the
 //                  off-diagonal entries' error chunk by chunk by these norms, whatever the BLAS's
 //                  summation order.
-// (every block i <= j when `cross`, else only the diagonal blocks i == j; lower blocks mirrored).
+// (every block i <= j when `cross`, else only the diagonal blocks i == j; lower blocks mirrored;
+// gram_pass_groups: the blocks i <= j of inputs in one group, e.g. the pairs of a batched call).
 //
 // Scheme (the CPU and CUDA ops share the checks, the plan and the finish; the loops differ):
 //   rows are taken `chunk_rows` at a time; each input's rows are written shifted, in the compute
@@ -47,8 +48,10 @@ struct GramPassPlan {
   at::ScalarType compute = at::kFloat;
 };
 
+// group_sizes: consecutive inputs whose cross blocks are needed ({k} = all of them, the `cross`
+// pass; {1, .., 1} = each input alone; {2, 2, ..} = pairs, the batched many-pairs pass).
 inline GramPassPlan plan_gram_pass(at::TensorList xs, const at::Tensor& shift, int64_t chunk_rows,
-                                   bool cross, const char* name) {
+                                   c10::IntArrayRef group_sizes, const char* name) {
   TORCH_CHECK(!xs.empty(), name, ": needs at least one activation matrix");
   GramPassPlan p;
   p.n = xs[0].size(0);
@@ -77,14 +80,23 @@ inline GramPassPlan plan_gram_pass(at::TensorList xs, const at::Tensor& shift, i
               ": shift must be float32 or float64 (it selects the GEMM dtype), got ", p.compute);
   TORCH_CHECK(!(any_double && p.compute == at::kFloat), name,
               ": float64 input needs a float64 shift (no silent downcast)");
-  if (cross) {
-    if (p.width > 0) p.groups.emplace_back(0, p.width);
-  } else {
-    for (size_t i = 0; i < xs.size(); ++i) {
-      if (p.widths[i] > 0) p.groups.emplace_back(p.offsets[i], p.offsets[i] + p.widths[i]);
-    }
+  int64_t first = 0;
+  for (const int64_t size : group_sizes) {
+    TORCH_CHECK(size >= 1 && first + size <= static_cast<int64_t>(xs.size()), name,
+                ": group sizes must be >= 1 and add up to the number of inputs");
+    const int64_t b = p.offsets[first], e = p.offsets[first + size - 1] + p.widths[first + size - 1];
+    if (e > b) p.groups.emplace_back(b, e);
+    first += size;
   }
+  TORCH_CHECK(first == static_cast<int64_t>(xs.size()), name,
+              ": group sizes must add up to the number of inputs (", xs.size(), "), got ", first);
   return p;
+}
+
+// The group sizes of the two-flag form: one group of all inputs when cross, else one per input.
+inline std::vector<int64_t> cross_groups(size_t inputs, bool cross) {
+  return cross ? std::vector<int64_t>{static_cast<int64_t>(inputs)}
+               : std::vector<int64_t>(inputs, int64_t{1});
 }
 
 // The rows [r0, r0 + rows) of x_i with unit column stride (a copy only for column-strided input).
