@@ -1,17 +1,21 @@
 // CPU implementation of transfusion::gram_pass (see transfusion/gram_pass.h): per chunk, the fused
 // centre + convert + column-sum + square-sum kernel (compiled per CPU capability) writes the chunk
 // into one buffer, then the upper triangle of its Gram is formed by block-row GEMMs (MKL through
-// ATen), one single-threaded GEMM per block row, the block rows shared out over the threads.
+// ATen). The threads take contiguous ranges of chunks (single-threaded GEMMs, no barrier per chunk).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <numeric>
 #include <vector>
 
 #include "transfusion/cpu_dispatch.h"
 #include "transfusion/gram_pass.h"
+
+// MKL's per-thread thread count (the C entry point; the lower-case names take Fortran pointers) (exported by the libtorch_cpu that links MKL statically; weak, so a
+// build against a torch without MKL links and skips it). torch turns MKL's dynamic adjustment off,
+// so without this a GEMM inside a parallel region would start its own nested threads.
+extern "C" int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
 
 TRANSFUSION_DECLARE_CPU_KERNEL(void, centre_chunk_kernel, const at::Tensor& x,
                                const at::Tensor& shift, at::Tensor& out, at::Tensor& colsum,
@@ -38,22 +42,6 @@ std::vector<BlockRow> block_rows(const GramPassPlan& p) {
   return out;
 }
 
-// Block rows per thread, longest first to the least loaded thread (balanced within one block row).
-std::vector<std::vector<size_t>> share_out(const std::vector<BlockRow>& rows, int64_t threads) {
-  std::vector<size_t> order(rows.size());
-  std::iota(order.begin(), order.end(), size_t{0});
-  std::stable_sort(order.begin(), order.end(),
-                   [&](size_t a, size_t b) { return rows[a].work() > rows[b].work(); });
-  std::vector<std::vector<size_t>> per(static_cast<size_t>(threads));
-  std::vector<int64_t> load(static_cast<size_t>(threads), 0);
-  for (size_t r : order) {
-    const auto t = static_cast<size_t>(std::min_element(load.begin(), load.end()) - load.begin());
-    per[t].push_back(r);
-    load[t] += rows[r].work();
-  }
-  return per;
-}
-
 void centre(const at::Tensor& x, const at::Tensor& shift, at::Tensor& out, at::Tensor& colsum,
             at::Tensor& sq) {
   TRANSFUSION_CPU_KERNEL(centre_chunk_kernel)(x, shift, out, colsum, sq);
@@ -72,43 +60,61 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gram_pass_groups(at::TensorList x
 
   const at::Tensor shift_c = shift.contiguous();
   const auto opts = xs[0].options().dtype(p.compute);
-  at::Tensor z = at::empty({p.chunk, p.width}, opts);
   const std::vector<BlockRow> rows_of_gram = block_rows(p);
-  std::vector<at::Tensor> prods;
-  for (const auto& r : rows_of_gram) prods.push_back(at::empty({r.rows, r.end - r.begin}, opts));
+  // Threads take contiguous ranges of chunks, each with its own buffer and float64 accumulator
+  // (no barrier per chunk: on a shared machine a barrier per chunk made the pass 3x slower than
+  // one big GEMM while other jobs ran), reduced in thread order at the end (deterministic for a
+  // thread count). Extra memory: (threads - 1) W^2 float64, capped at kAccumulatorBytes; where
+  // that allows one thread only, the GEMMs use the BLAS's own threads instead.
+  constexpr int64_t kAccumulatorBytes = int64_t{256} << 20;
+  const int64_t per_acc = p.width * p.width * 8;
   const int64_t threads = std::max<int64_t>(
-      1, std::min<int64_t>(at::get_num_threads(), static_cast<int64_t>(rows_of_gram.size())));
-  const auto per_thread = share_out(rows_of_gram, threads);
-
-  auto block_product = [&](const at::Tensor& zc, size_t r) {
-    const BlockRow& b = rows_of_gram[r];
-    at::mm_out(prods[r], zc.narrow(1, b.begin, b.rows).t(), zc.narrow(1, b.begin, b.end - b.begin));
-    gram.narrow(0, b.begin, b.rows).narrow(1, b.begin, b.end - b.begin).add_(prods[r]);
-  };
-
-  for (int64_t c = 0; c < p.n_chunks; ++c) {
-    const int64_t r0 = c * p.chunk;
-    const int64_t rows = std::min(p.chunk, p.n - r0);
-    at::Tensor zc = z.narrow(0, 0, rows);
-    at::Tensor sq_row = chunk_sq.select(0, c);
-    for (size_t i = 0; i < xs.size(); ++i) {
-      const int64_t o = p.offsets[i], w = p.widths[i];
-      if (w == 0) continue;
-      at::Tensor out = zc.narrow(1, o, w);
-      at::Tensor cs = colsum.narrow(0, o, w);
-      at::Tensor sq = sq_row.narrow(0, o, w);
-      centre(input_rows(xs[i], r0, rows), shift_c.narrow(0, o, w), out, cs, sq);
+      1, std::min<int64_t>({static_cast<int64_t>(at::get_num_threads()), p.n_chunks,
+                            1 + kAccumulatorBytes / std::max<int64_t>(per_acc, 1)}));
+  std::vector<at::Tensor> grams{gram}, colsums{colsum};
+  for (int64_t t = 1; t < threads; ++t) {
+    grams.push_back(at::zeros_like(gram));
+    colsums.push_back(at::zeros_like(colsum));
+  }
+  auto run_chunks = [&](int64_t t, int64_t c_begin, int64_t c_end) {
+    at::Tensor z = at::empty({p.chunk, p.width}, opts);
+    std::vector<at::Tensor> prods;
+    for (const auto& r : rows_of_gram) prods.push_back(at::empty({r.rows, r.end - r.begin}, opts));
+    at::Tensor& g = grams[static_cast<size_t>(t)];
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      const int64_t r0 = c * p.chunk;
+      const int64_t rows = std::min(p.chunk, p.n - r0);
+      at::Tensor zc = z.narrow(0, 0, rows);
+      at::Tensor sq_row = chunk_sq.select(0, c);
+      for (size_t i = 0; i < xs.size(); ++i) {
+        const int64_t o = p.offsets[i], w = p.widths[i];
+        if (w == 0) continue;
+        at::Tensor out = zc.narrow(1, o, w);
+        at::Tensor cs = colsums[static_cast<size_t>(t)].narrow(0, o, w);
+        at::Tensor sq = sq_row.narrow(0, o, w);
+        centre(input_rows(xs[i], r0, rows), shift_c.narrow(0, o, w), out, cs, sq);
+      }
+      for (size_t r = 0; r < rows_of_gram.size(); ++r) {
+        const BlockRow& b = rows_of_gram[r];
+        at::mm_out(prods[r], zc.narrow(1, b.begin, b.rows).t(), zc.narrow(1, b.begin, b.end - b.begin));
+        g.narrow(0, b.begin, b.rows).narrow(1, b.begin, b.end - b.begin).add_(prods[r]);
+      }
     }
-    if (threads == 1) {
-      // one block row (narrow inputs) or one thread: the BLAS may use the threads itself
-      for (size_t r = 0; r < rows_of_gram.size(); ++r) block_product(zc, r);
-    } else {
-      // inside the parallel region MKL runs each GEMM on the calling thread
-      at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t t = begin; t < end; ++t) {
-          for (size_t r : per_thread[static_cast<size_t>(t)]) block_product(zc, r);
-        }
-      });
+  };
+  if (threads == 1) {
+    run_chunks(0, 0, p.n_chunks);  // outside a parallel region: MKL threads each GEMM itself
+  } else {
+    // inside the parallel region MKL (and the centre kernel) run on the calling thread
+    at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+      const int before = MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0;
+      for (int64_t t = begin; t < end; ++t) {
+        run_chunks(t, p.n_chunks * t / threads, p.n_chunks * (t + 1) / threads);
+      }
+      if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(before);
+    });
+    for (int64_t t = 1; t < threads; ++t) {
+      gram.add_(grams[static_cast<size_t>(t)]);
+      colsum.add_(colsums[static_cast<size_t>(t)]);
     }
   }
   finish_gram(gram, chunk_sq, p);

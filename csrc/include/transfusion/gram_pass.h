@@ -21,8 +21,8 @@
 //   the float64 gram:
 //     * CPU: only the upper triangle, as block rows z[:, i:i+B]^T z[:, i:] (B = kGramBlock columns;
 //       36/64 of the full product's flops at W = 1024, vs 48/64 for the x^T x, y^T y, x^T y
-//       blocks), one single-threaded MKL GEMM per block row, block rows shared out over the
-//       threads (balanced pairs), each thread adding its own rows into gram (no races);
+//       blocks); the threads take contiguous ranges of chunks with single-threaded GEMMs and
+//       their own float64 accumulators, added in thread order at the end;
 //     * CUDA: several chunks at once in one strided-batched cuBLAS GEMM (each batch entry one
 //       chunk, so the float32 sums still run over one chunk), summed over the batch in float64.
 //   Shifting by an estimate of the mean (the caller passes the first chunk's mean) keeps the
