@@ -7,6 +7,9 @@ Groups (one comparison each):
     QR of the kept activations, singular values of Q_x^T Q_y) vs a leaner torch float32 QR-first
     recipe (QR of each layer, SVD of R to keep 99%). The numpy baseline runs on one BLAS thread
     (faster than two on this shared machine: a conservative ratio). Accuracy: |mean - float64 reference| < 1e-6.
+    Also issue 16's plain-torch method (one float32 Gram of the centred [x y], float64 eigh,
+    svdvals) and one full float32 [x y]^T [x y] (the floor is half of it); bench/svcca_side_by_side.py
+    runs these, MKL's ssyrk, anatome and google/svcca interleaved in one process (the RESULTS table).
   * "gram pass 512+512 n=100k": our Gram pass (compiled op; the same scheme in torch ops) vs
     torch.mm float32 at the same shapes (the machine's matmul rate, measured in this run).
   * "cuda gram pass 512+512 n=100k" and "cuda svcca 512x512 n=100k": the same comparisons on a GPU
@@ -106,6 +109,54 @@ def torch_qr_first_svcca(x: torch.Tensor, y: torch.Tensor, keep: float = KEEP) -
     return float(rho[:min(q.shape[1] for q in qs)].mean())
 
 
+def plain_torch_svcca(x: torch.Tensor, y: torch.Tensor, keep: float = KEEP) -> float:
+    """Issue 16's plain-torch method: ONE float32 Gram of the centred [x y] (one matmul), then
+    float64 eigh of C_xx, C_yy, keep 99% of each side's variance, whiten, svdvals."""
+    a = x.shape[1]
+    z = torch.cat([x, y], 1)
+    z -= z.mean(0)
+    c = (z.T @ z).double()
+    ws = []
+    for s in (slice(0, a), slice(a, None)):
+        lam, vec = torch.linalg.eigh(c[s, s])
+        lam, vec = lam.flip(0).clamp_min(0), vec.flip(1)
+        k = int((torch.cumsum(lam, 0) / lam.sum() < keep - 1e-12).sum()) + 1
+        ws.append(vec[:, :k] * torch.rsqrt(lam[:k]))
+    rho = torch.linalg.svdvals(ws[0].T @ c[:a, a:] @ ws[1])
+    return float(rho[:min(w.shape[1] for w in ws)].clamp(0, 1).mean())
+
+
+def full_float32_gram(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One full float32 [x y]^T [x y] (the GEMM the floor is half of)."""
+    z = torch.cat([x, y], 1)
+    return z.T @ z
+
+
+def mkl_ssyrk():
+    """MKL's single-precision symmetric rank-k update from the libtorch_cpu that torch ships
+    (``mkl_blas_ssyrk``, an internal MKL entry point with the Fortran ssyrk arguments; torch does
+    not expose a syrk), or None where it is not exported. Returns f(z) -> upper triangle of z^T z."""
+    import ctypes
+
+    path = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
+    try:
+        fn = ctypes.CDLL(path).mkl_blas_ssyrk
+    except (OSError, AttributeError):
+        return None
+    i64, ref = ctypes.c_int64, ctypes.byref
+
+    def syrk(z: torch.Tensor) -> torch.Tensor:
+        z = z.contiguous().float()
+        k, w = z.shape
+        c = torch.zeros(w, w)
+        # row-major z (k, w) is column-major z^T (w, k): C = z^T z, column-major lower = upper here
+        fn(ref(ctypes.c_char(b"U")), ref(ctypes.c_char(b"N")), ref(i64(w)), ref(i64(k)),
+           ref(ctypes.c_float(1.0)), ctypes.c_void_p(z.data_ptr()), ref(i64(w)),
+           ref(ctypes.c_float(0.0)), ctypes.c_void_p(c.data_ptr()), ref(i64(w)))
+        return c
+    return syrk
+
+
 def _store(benchmark, key, value=None):
     _T[key] = benchmark.stats.stats.min
     if value is not None:
@@ -141,15 +192,29 @@ def test_svcca_torch_qr_first_float32(benchmark, data):
 
 
 @pytest.mark.benchmark(group=SV)
+def test_svcca_plain_torch(benchmark, data):
+    v = benchmark.pedantic(plain_torch_svcca, args=data, rounds=3, iterations=1)
+    _store(benchmark, "plain", v)
+
+
+@pytest.mark.benchmark(group=SV)
+def test_svcca_full_float32_gram(benchmark, data):
+    benchmark.pedantic(full_float32_gram, args=data, rounds=3, iterations=1)
+    _store(benchmark, "full_gram")
+
+
+@pytest.mark.benchmark(group=SV)
 def test_svcca_ours(benchmark, data, reference):
     res = benchmark.pedantic(svcca, args=data, kwargs={"keep": KEEP}, rounds=5, iterations=1)
     _store(benchmark, "ours", res.mean)
     err = abs(res.mean - reference)
     info = {"abs_err_vs_float64_reference": err, "kept": res.kept, "dtype": res.dtype}
-    for k in ("classic", "torch_svd_qr", "torch_qr_first"):
+    for k in ("classic", "torch_svd_qr", "torch_qr_first", "plain"):
         if k in _T:
             info[f"speedup_vs_{k}"] = _T[k] / _T["ours"]
             info[f"{k}_abs_err"] = abs(_VALUES[k] - reference)
+    if "full_gram" in _T:  # issue 16's floor: a symmetric rank-k update, half the full GEMM
+        info["ratio_to_syrk_floor"] = _T["ours"] / (_T["full_gram"] / 2)
     benchmark.extra_info.update(info)
     print(f"\n[{SV}] ours {res!r}\n  reference {reference:.10f}  " + json.dumps(info, default=str))
     assert err < 1e-6
@@ -312,3 +377,108 @@ def test_cuda_svcca_ours(benchmark, cuda_data, reference):
     benchmark.extra_info.update(info)
     print(f"\n[{SVC}] ours {res!r}\n  reference {reference:.10f}  " + json.dumps(info, default=str))
     assert err < 1e-6
+
+
+# ---- issue 16 on the GPU: plain method, floor, many pairs batched (skipped without CUDA) --------
+SVC16 = "cuda issue16 svcca 512x512 n=100k"
+PAIRS = "cuda issue16 8 pairs 256+256 n=100k"
+
+
+@pytest.mark.cuda
+@pytest.mark.benchmark(group=SVC16)
+def test_cuda_issue16_plain_torch(benchmark, cuda_data):
+    with G._full_float32_matmul():
+        v = benchmark.pedantic(_synced, args=(plain_torch_svcca, *cuda_data), rounds=5, iterations=1,
+                               warmup_rounds=1)
+    _store(benchmark, "cuda_plain", v)
+
+
+@pytest.mark.cuda
+@pytest.mark.benchmark(group=SVC16)
+def test_cuda_issue16_full_float32_gram(benchmark, cuda_data):
+    with G._full_float32_matmul():
+        benchmark.pedantic(_synced, args=(full_float32_gram, *cuda_data), rounds=10, iterations=1,
+                           warmup_rounds=2)
+    _store(benchmark, "cuda_full_gram")
+
+
+@pytest.mark.cuda
+@pytest.mark.benchmark(group=SVC16)
+def test_cuda_issue16_ours(benchmark, cuda_data, reference):
+    res = benchmark.pedantic(_synced, args=(svcca, *cuda_data), kwargs={"keep": KEEP}, rounds=5,
+                             iterations=1, warmup_rounds=1)
+    _store(benchmark, "cuda_ours16", res.mean)
+    info = {"abs_err_vs_float64_reference": abs(res.mean - reference), "dtype": res.dtype}
+    if "cuda_plain" in _T:
+        info["speedup_vs_plain"] = _T["cuda_plain"] / _T["cuda_ours16"]
+    if "cuda_full_gram" in _T:
+        info["ratio_to_syrk_floor"] = _T["cuda_ours16"] / (_T["cuda_full_gram"] / 2)
+    benchmark.extra_info.update(info)
+    print(f"\n[{SVC16}] " + json.dumps(info, default=str))
+
+
+@pytest.fixture(scope="module")
+def cuda_pairs():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    xs = [torch.randn(N, 256, device="cuda", generator=g) for _ in range(8)]
+    ys = [x @ torch.randn(256, 256, device="cuda", generator=g) / 20
+          + torch.randn(N, 256, device="cuda", generator=g) for x in xs]
+    return xs, ys
+
+
+@pytest.mark.cuda
+@pytest.mark.benchmark(group=PAIRS)
+def test_cuda_issue16_pairs_one_pass_each(benchmark, cuda_pairs):
+    xs, ys = cuda_pairs
+
+    def run():
+        for x, y in zip(xs, ys):
+            G.gram_pass([x, y], G.first_chunk_shift([x, y]))
+    benchmark.pedantic(_synced, args=(run,), rounds=5, iterations=1, warmup_rounds=1)
+    _store(benchmark, "cuda_pairs_loop")
+
+
+@pytest.mark.cuda
+@pytest.mark.benchmark(group=PAIRS)
+def test_cuda_issue16_pairs_batched(benchmark, cuda_pairs):
+    xs, ys = cuda_pairs
+    flat = [t for pair in zip(xs, ys) for t in pair]
+
+    def run():
+        return G.gram_pass_groups(flat, G.first_chunk_shift(flat), [2] * len(xs))
+    gram = benchmark.pedantic(_synced, args=(run,), rounds=5, iterations=1, warmup_rounds=1)[0]
+    _store(benchmark, "cuda_pairs_batched")
+    want = G.gram_pass([xs[0], ys[0]], G.first_chunk_shift([xs[0], ys[0]]))[0]
+    rel = float((gram[:512, :512] - want).abs().max() / want.abs().max())
+    info = {"pairs": len(xs), "max_rel_diff_vs_one_pass": rel}
+    if "cuda_pairs_loop" in _T:
+        info["speedup_vs_one_pass_each"] = _T["cuda_pairs_loop"] / _T["cuda_pairs_batched"]
+    benchmark.extra_info.update(info)
+    print(f"\n[{PAIRS}] " + json.dumps(info))
+    assert rel < 1e-5
+
+
+@pytest.mark.cuda
+@pytest.mark.benchmark(group=PAIRS)
+def test_cuda_issue16_eigh_all_pairs_at_once(benchmark, cuda_pairs):
+    """The small float64 eigen problems of all pairs (16 sides of 256) in one batched call vs a loop."""
+    xs, _ = cuda_pairs
+    mats = torch.stack([(x[:4096].T @ x[:4096]).double() for x in xs] * 2)
+    loop = min(_timed(lambda: [torch.linalg.eigh(m) for m in mats]) for _ in range(3))
+    batched = benchmark.pedantic(_synced, args=(torch.linalg.eigh, mats), rounds=5, iterations=1,
+                                 warmup_rounds=1)
+    info = {"sides": mats.shape[0], "loop_s": loop,
+            "speedup_batched_vs_loop": loop / benchmark.stats.stats.min}
+    benchmark.extra_info.update(info)
+    print(f"\n[{PAIRS} eigh] " + json.dumps(info))
+    assert batched[0].shape == mats.shape[:2]
+
+
+def _timed(fn) -> float:
+    import time
+
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - t

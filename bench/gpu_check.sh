@@ -6,7 +6,8 @@
 #                  loop's loss checks on the GPU (tests/train/test_train_loss_checks.py)
 #   train          ResNet50, 224 px, amp=bf16 + channels_last, batch 64, synthetic fundus images:
 #                  images/s from metrics.jsonl (transfusion train, the real CLI)
-#   bench-svcca    Gram pass vs cuBLAS torch.mm, svcca vs plain torch (bench/bench_svcca.py -k cuda)
+#   bench-svcca    Gram pass vs cuBLAS torch.mm, svcca vs plain torch and the floor, many pairs batched
+#                  vs one pass each, batched eigh of all pairs (bench/bench_svcca.py -k cuda; issue 16)
 #   bench-cbr      CBR fused vs eager vs torch.compile(eager) (bench/bench_cbr.py -k cuda)
 #   bench-train    train-step images/s of CBR-Small and ResNet50 at batch 8 (bench/bench_train.py)
 # Each step runs under `timeout` with at most its own cap and what is left of the budget; a step

@@ -26,6 +26,11 @@ TORCH_LIBRARY(transfusion, m) {
   // gram = z^T z (float64; blocks i != j only when cross), colsum = sum of z (float64).
   // The Gram pass of (SV)CCA / PWCCA / CKA; see csrc/include/transfusion/gram_pass.h.
   m.def("gram_pass(Tensor[] xs, Tensor shift, int chunk_rows, bool cross) -> (Tensor, Tensor, Tensor)");
+  // The same pass with the cross blocks taken within groups of consecutive inputs only
+  // (group_sizes adds up to len(xs)): e.g. [2, 2, 2] gives the x_i, y_i blocks of three pairs in
+  // one sweep (the batched many-pairs path), without the blocks between pairs.
+  m.def("gram_pass_groups(Tensor[] xs, Tensor shift, int chunk_rows, int[] group_sizes) -> "
+        "(Tensor, Tensor, Tensor)");
 }
 
 namespace py = pybind11;

@@ -8,6 +8,13 @@ x_i^T x_i are computed (the rest stays zero). ``chunk_sq`` (chunks, W) is what t
 ``transfusion.ops.precision`` needs to bound a float32 Gram's error whatever the BLAS's summation
 order.
 
+``gram_pass_groups`` takes the cross blocks within groups of consecutive inputs only (the pairs
+of a batched call in one sweep).
+
+Work: the compiled CPU op forms only the upper triangle of each chunk's Gram (block rows of 128
+columns, 36/64 of the full product at 1024 columns; the lower triangle is mirrored), the CUDA op
+one strided-batched cuBLAS GEMM over several chunks (see csrc/include/transfusion/gram_pass.h).
+
 Numerics: rows are taken ``chunk_rows`` at a time; the shifted chunk is formed in the compute
 dtype (float32 for float16 / bfloat16 / float32 input, float64 for float64 input), each block
 product is one GEMM in that dtype (MKL / cuBLAS through ATen) and is added into float64. The shift
@@ -152,6 +159,43 @@ def gram_pass(xs: list[torch.Tensor], shift: torch.Tensor, chunk_rows: int = DEF
         return gram_pass_torch(xs, shift, chunk_rows, cross)
 
 
+def gram_pass_groups(xs: list[torch.Tensor], shift: torch.Tensor, group_sizes: list[int],
+                     chunk_rows: int = DEFAULT_CHUNK_ROWS, dtype: torch.dtype | None = None,
+                     use_kernel: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``gram_pass`` with the cross blocks taken within groups of consecutive inputs only: e.g.
+    ``xs = [x1, y1, x2, y2]``, ``group_sizes = [2, 2]`` gives both pairs' (x_i, y_i) Grams in one
+    sweep (the batched many-pairs path: on CUDA one strided-batched GEMM per pair and step), and
+    zeros between the pairs. All inputs need the same n (rows) and device."""
+    if sum(group_sizes) != len(xs) or any(g < 1 for g in group_sizes):
+        raise ValueError(f"group_sizes {group_sizes} must be >= 1 and add up to {len(xs)} inputs")
+    dev = xs[0].device
+    dtype = compute_dtype(xs) if dtype is None else dtype
+    if any(x.dtype == torch.float64 for x in xs):
+        dtype = torch.float64
+    shift = shift.to(device=dev, dtype=dtype)
+    if use_kernel is None:
+        use_kernel = _extension.op_available("gram_pass_groups", dev)
+    with _full_float32_matmul():
+        if use_kernel:
+            return torch.ops.transfusion.gram_pass_groups(list(xs), shift, int(chunk_rows),
+                                                          [int(g) for g in group_sizes])
+        widths = [x.shape[1] for x in xs]
+        total = sum(widths)
+        gram = torch.zeros(total, total, dtype=torch.float64, device=dev)
+        colsum = torch.zeros(total, dtype=torch.float64, device=dev)
+        chunk_sq = torch.zeros(n_chunks(xs[0].shape[0], chunk_rows), total, dtype=torch.float64,
+                               device=dev)
+        first, col = 0, 0
+        for size in group_sizes:
+            w = sum(widths[first:first + size])
+            g, s, q = gram_pass_torch(xs[first:first + size], shift[col:col + w], chunk_rows)
+            gram[col:col + w, col:col + w] = g
+            colsum[col:col + w] = s
+            chunk_sq[:, col:col + w] = q
+            first, col = first + size, col + w
+        return gram, colsum, chunk_sq
+
+
 def _register() -> None:
     """Fake kernel so that torch.compile can trace through the op."""
     if not _extension.available():
@@ -168,6 +212,15 @@ def _register() -> None:
         return (xs[0].new_empty((total, total), dtype=torch.float64),
                 xs[0].new_empty((total,), dtype=torch.float64),
                 xs[0].new_empty((chunks, total), dtype=torch.float64))
+
+    try:
+        torch.ops.transfusion.gram_pass_groups  # noqa: B018
+    except (AttributeError, RuntimeError):
+        return
+
+    @torch.library.register_fake("transfusion::gram_pass_groups")
+    def _fake_groups(xs, shift, chunk_rows, group_sizes):
+        return _fake(xs, shift, chunk_rows, True)
 
 
 _register()
