@@ -131,7 +131,7 @@ def main() -> None:
     full = best["one full float32 [x y]^T [x y]"]
     floor = full / 2
     gflops = 2 * N * (A + B) ** 2 / full / 1e9
-    model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
+    model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
                  platform.processor())
     r = values["ops.svcca (precision=auto)"]
     print(f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {model}, "
