@@ -62,3 +62,40 @@ def test_parallel_runs_must_be_positive(tmp_path):
 
     with pytest.raises(ConfigError, match="--parallel-runs must be >= 1"):
         make_config("performance", preset="micro", parallel_runs=0, out=str(tmp_path))
+
+
+def test_run_all_with_a_pool_trains_every_experiments_runs_in_one_list(tmp_path, monkeypatch):
+    """`run all --parallel-runs 2`: the pretraining, then one execute() over the runs of every
+    experiment (no worker idles at each experiment's end); each experiment then finds its runs
+    finished."""
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    import transfusion.experiments.engine as engine
+    from transfusion.cli import app
+    from transfusion.experiments import EXPERIMENT_NAMES
+
+    calls, seen = [], []
+    real_execute = engine.execute
+
+    def spy(cfg, specs, jobs=None, runs_dir=None):
+        calls.append(sorted({s.run_id for s in specs}))
+        return real_execute(cfg, specs, jobs, runs_dir=runs_dir)
+
+    def fake_experiment(cfg):
+        seen.append(cfg.experiment)
+        return Path(cfg.out_dir) / "report.md"
+
+    monkeypatch.setattr(engine, "execute", spy)
+    monkeypatch.setattr(engine, "run_experiment", fake_experiment)
+    result = CliRunner().invoke(app, ["run", "all", "--preset", "micro", "--parallel-runs", "2",
+                                      "--out", str(tmp_path / "r"), "--runs", str(tmp_path / "runs"),
+                                      "--cache", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    assert "one pool of 2 workers" in result.output and seen == list(EXPERIMENT_NAMES)
+    pretraining, together = calls  # the pretraining runs, then every experiment's runs at once
+    assert all(r.startswith("pretrain_") for r in pretraining)
+    models = {r.split("-")[0] for r in together}
+    assert {"cbr_tiny", "resnet50_narrow", "resnet50_narrow_slim"} <= models
+    assert all((tmp_path / "runs" / r / "final.json").is_file() for r in together)

@@ -37,3 +37,21 @@ def test_synthetic_fundus_cbr_tiny_resume_matches(tmp_path, monkeypatch):
     assert part["status"] == "interrupted"
     resumed = run_training(spec, tmp_path / "b", progress=False)
     assert same(resumed["metrics"], full["metrics"]), (resumed["metrics"], full["metrics"])
+
+
+def test_decode_cache_gives_the_same_run(tmp_path, monkeypatch):
+    """TRANSFUSION_DECODE_CACHE=1 (the demo's): splits decoded once into the machine cache; the
+    images are the same arrays, so the run's numbers (and its id) are those of the uncached run."""
+    from transfusion.train.data_stream import DECODE_CACHE_ENV
+
+    monkeypatch.setenv("TRANSFUSION_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+    spec = RunSpec(model="cbr_tiny", dataset="eyepacs", data_root="synthetic", synthetic_images=60,
+                   steps=3, image_size=32, batch_size=8, seed=0, eval_split="train", eval_limit=8,
+                   test_split="test", overrides={"eval_every": 3, "bn_recalibration_images": 8})
+    plain = run_training(spec, tmp_path / "a", progress=False)
+    monkeypatch.setenv(DECODE_CACHE_ENV, "1")
+    cached = run_training(spec, tmp_path / "b", progress=False)
+    assert list((tmp_path / "cache" / "decoded").glob("eyepacs-*.npy"))  # the cache was used
+    assert same(cached["metrics"], plain["metrics"]) and same(cached["test"], {**plain["test"],
+                                                                              "test_s": cached["test"]["test_s"]})

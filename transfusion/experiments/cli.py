@@ -40,15 +40,21 @@ def _run(name: str, *, preset, dataset, data_dir, data_format, models, seeds, st
     names = EXPERIMENT_NAMES if name == "all" else (name,)
     t_all = time.perf_counter()
     index = None
-    for n in names:
-        cfg = C.make_config(
-            n, preset=preset, dataset=dataset, data_dir=data_dir, data_format=data_format,
-            models=C.parse_list(models), seeds=seed_list, steps=steps,
-            image_size=image_size, batch_size=batch_size, pretrained=C.parse_pretrained(pretrained),
-            out=out, runs=runs, executor=executor, executor_params=executor_params,
-            threshold=threshold,
-            small_data=small_data, upto=upto, cache=cache, device=device, threads=threads,
-            snapshots=snapshots, parallel_runs=parallel_runs)
+    cfgs = [C.make_config(
+        n, preset=preset, dataset=dataset, data_dir=data_dir, data_format=data_format,
+        models=C.parse_list(models), seeds=seed_list, steps=steps,
+        image_size=image_size, batch_size=batch_size, pretrained=C.parse_pretrained(pretrained),
+        out=out, runs=runs, executor=executor, executor_params=executor_params,
+        threshold=threshold,
+        small_data=small_data, upto=upto, cache=cache, device=device, threads=threads,
+        snapshots=snapshots, parallel_runs=parallel_runs) for n in names]
+    if name == "all" and cfgs[0].executor == "local" and cfgs[0].parallel_runs > 1:
+        from transfusion.experiments.engine import train_together
+
+        typer.echo(f"== training every experiment's runs in one pool of {cfgs[0].parallel_runs} "
+                   "workers (runs shared between experiments are trained once)")
+        train_together(cfgs)
+    for n, cfg in zip(names, cfgs):
         t0 = time.perf_counter()
         typer.echo(f"== transfusion run {n} (preset {cfg.preset}, {cfg.dataset}, "
                    f"{'data ' + cfg.data_dir if cfg.data_dir else 'SYNTHETIC data'})")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +118,10 @@ def execute(cfg: ExperimentConfig, specs: list, jobs: "JobLog | None" = None,
     if not unique:
         return
     runs_dir = Path(runs_dir) if runs_dir is not None else cfg.runs_dir
+    if cfg.decode_cache:  # read by the training processes (inherited by the pool's workers)
+        from transfusion.train.data_stream import DECODE_CACHE_ENV
+
+        os.environ[DECODE_CACHE_ENV] = "1"
     if cfg.executor == "submitit":
         kwargs = {"threads": cfg.threads, **cfg.executor_params}
         # submitit's logs stay beside this experiment's runs, also for the machine-wide pretraining
@@ -249,9 +254,11 @@ class Context:
     def dataset(self, split: str = "test"):
         """One split of the medical data, unaugmented (the fixed evaluation set is 'test')."""
         from transfusion.data import load_dataset
+        from transfusion.train.data_stream import cache_root
 
+        cache = str(cache_root() / "decoded") if self.cfg.decode_cache else None
         return load_dataset(self.data["dataset"], self.data["root"], split, image_size=self.cfg.image_size,
-                            augment=False, seed=0)
+                            augment=False, seed=0, cache_dir=cache)
 
     def eval_batches(self):
         from transfusion.analysis.similarity import eval_batches
@@ -353,6 +360,20 @@ def _analysis_threads(cfg: ExperimentConfig):
         yield
     finally:
         torch.set_num_threads(n)
+
+
+def train_together(cfgs: list[ExperimentConfig]) -> None:
+    """`run all` on a local pool: the pretraining, then every experiment's runs as one list, so
+    that no worker idles at the end of each experiment while the other finishes its last run. The
+    experiments then find their runs finished and go straight to their analyses and reports."""
+    modules = [experiment_module(c.experiment) for c in cfgs]
+    needed = list(dict.fromkeys(m for c, mod in zip(cfgs, modules) for m in needed_pretrained(c, mod)))
+    pretrained = resolve_pretrained(cfgs[0], needed)
+    data = data_source(cfgs[0])
+    specs = [p.spec for c, mod in zip(cfgs, modules) for p in plan_experiment(c, mod, data, pretrained)]
+    log.info("run all: %d distinct training runs over %d experiments", len({s.run_id for s in specs}),
+             len(cfgs))
+    execute(cfgs[0], specs)
 
 
 def rebuild_report(out_dir: Path, runs_dir: Path | None = None) -> list[Path]:
