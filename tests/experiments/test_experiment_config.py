@@ -16,7 +16,7 @@ def test_all_eight_experiments_are_registered_with_help():
 def test_presets_and_overrides(tmp_path):
     cfg = make_config("performance", preset="demo", out=str(tmp_path / "r"), runs=str(tmp_path / "runs"))
     assert cfg.models == PRESETS["demo"].models and not cfg.models_given
-    assert cfg.image_size == 32 and cfg.steps == 300 and cfg.threshold == 0.9
+    assert cfg.image_size == 32 and cfg.steps == 300 and cfg.threshold == 0.8
     assert cfg.seeds == (0, 1, 2) and cfg.batch_size == 32 and cfg.parallel_runs == 2
     cfg = make_config("performance", preset="demo", models=("CBR-Tiny",), seeds=(3,), steps=7,
                       out=str(tmp_path), runs=str(tmp_path))
@@ -60,8 +60,8 @@ def test_demo_experiments_share_one_recipe_so_they_share_runs(tmp_path):
 
     cfgs = [make_config(e, preset="demo", cache=str(tmp_path)) for e in EXPERIMENT_NAMES]
     for c in cfgs:
-        assert (c.steps, c.eval_every, c.pretrain_steps, c.threshold, c.seeds) == (300, 50, 600, 0.9, (0, 1, 2))
-        assert "0.9" in c.threshold_note
+        assert (c.steps, c.eval_every, c.pretrain_steps, c.threshold, c.seeds) == (300, 50, 600, 0.8, (0, 1, 2))
+        assert "0.8" in c.threshold_note
     assert len({pretrain_spec(c, "resnet50_narrow").run_id for c in cfgs}) == 1
     assert make_config("weight-transfusion", preset="demo", steps=300, threshold=0.7).threshold == 0.7
 

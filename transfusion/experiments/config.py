@@ -6,7 +6,7 @@ then overridden by the explicit command-line options. It is stored in every
 ``results/<experiment>/plan.json`` so a report always says what was run.
 
 Steps-to-threshold thresholds per preset (the paper uses 0.91 referable-DR AUC on real retina):
-the preset chooses a threshold its runs reach on the synthetic data (demo 0.9, micro 0.5); it is
+the preset chooses a threshold its runs reach on the synthetic data (demo 0.8, micro 0.5); it is
 written in every result file and report beside the paper's.
 """
 from __future__ import annotations
@@ -85,11 +85,12 @@ PRESETS: dict[str, Preset] = {
     "demo": Preset(
         name="demo", models=("cbr_small", "cbr_tiny", "resnet50_narrow"), resnet="resnet50_narrow",
         slim="resnet50_narrow_slim", seeds=(0, 1, 2), steps={"retina": 300, "chexpert": 300},
-        image_size={"retina": 32, "chexpert": 32}, eval_every=50, batch_size=32, threshold=0.9,
+        image_size={"retina": 32, "chexpert": 32}, eval_every=50, batch_size=32, threshold=0.8,
         synthetic_images=6_000, synthetic_eval_images=2_400, pretrain_steps=600,
         pretrain_images=6_400, pretrain_classes=64, similarity_images=200, pool=4,
-        threshold_note=("demo preset: 0.9 referable AUC on the synthetic fundus set's validation "
-                        "split (the paper's 0.91 is on real retina)"),
+        threshold_note=("demo preset: 0.8 referable AUC on the synthetic fundus set's validation "
+                        "split, which the narrow ResNet of the speed experiments passes within its "
+                        "300 steps (it ends near 0.85; the paper's 0.91 is on real retina)"),
         threads=1, snapshots=4, parallel_runs=2, bn_recalibration_images=256, decode_cache=True,
         # the learning rate falls to 0 along a cosine: with Adam at a constant 1e-3 the last
         # evaluations of a 300-step run moved by +-0.03 AUC from one to the next (measured)
