@@ -169,6 +169,7 @@ def base_row(rec: RunRecord, cfg: dict, pretrained: dict) -> dict:
     model = role.get("model")
     return {
         "experiment": cfg["experiment"], "run_id": rec.run_id, "model": model,
+        "evaluated_on": final_split(rec),
         "init": role.get("init"), "upto": role.get("upto"), "seed": role.get("seed"),
         "dataset": cfg["dataset"], "data": cfg.get("data_dir") or "synthetic",
         "data_format": cfg.get("data_format") or "synthetic",
@@ -187,13 +188,24 @@ def setup_text(plan_doc, rs) -> str:
     cfg = plan_doc["config"]
     r0 = next((r for r in rs if r.get("finished")), rs[0] if rs else {})
     recipe = {k: r0.get(k) for k in ("optimizer", "lr", "batch_size") if r0.get(k) is not None}
+    lrs = sorted({(r.get("model"), r.get("lr")) for r in rs if r.get("lr") is not None}, key=str)
+    if len({lr for _, lr in lrs}) > 1:  # per-model learning rates (a preset's model_overrides)
+        recipe["lr"] = ", ".join(f"{lr} ({m})" for m, lr in lrs)
+    extra = {**cfg.get("recipe_overrides", {})}
+    if extra:
+        recipe["also"] = ", ".join(f"{k}={v}" for k, v in extra.items())
     if cfg["dataset"] == "retina":
         data = {"labels": "DR grade 0-4 (5-way cross-entropy); referable DR = grade >= 2, its AUC is "
                           "the headline metric"}
     else:
         data = {"label policy (uncertain labels)": r0.get("label_policy") or "see run config"}
-    data["evaluation"] = ("AUC on the patient-disjoint validation split, evaluated every "
-                          f"{cfg['eval_every']} steps; 'final' = at the last step")
+    splits = sorted({r.get("evaluated_on") for r in rs if r.get("evaluated_on")})
+    final = (f"final metrics of the last step's model on the held-out {splits[0]}"
+             if len(splits) == 1 and splits[0].startswith("test")
+             else "'final' = the last step's model, on the validation split (or the test split "
+                  "where results.csv's evaluated_on says so)")
+    data["evaluation"] = ("curves: AUC on the patient-disjoint validation split, evaluated every "
+                          f"{cfg['eval_every']} steps; {final}")
     return document.setup_section(cfg, data=data, recipe=recipe, pretrained=plan_doc["pretrained"])
 
 

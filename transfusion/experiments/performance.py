@@ -11,7 +11,6 @@ from transfusion.experiments import claims
 from transfusion.experiments.common import (
     base_row,
     final_metric,
-    final_split,
     headline_key,
     load_plan_runs,
     referable_test_scores,
@@ -41,7 +40,6 @@ def rows(plan_doc: dict, runs_dir: Path) -> list[dict]:
     for rec in load_plan_runs(plan_doc, runs_dir):
         row = base_row(rec, cfg, plan_doc["pretrained"])
         row["metric"] = key
-        row["evaluated_on"] = final_split(rec)
         row["auc"] = final_metric(rec, key)
         # beside AUC: AUPRC (precision-recall, telling on rare positives) and calibration (ECE)
         row["auprc"] = final_metric(rec, key.replace("auc", "auprc", 1))
