@@ -99,3 +99,29 @@ def test_run_all_with_a_pool_trains_every_experiments_runs_in_one_list(tmp_path,
     models = {r.split("-")[0] for r in together}
     assert {"cbr_tiny", "resnet50_narrow", "resnet50_narrow_slim"} <= models
     assert all((tmp_path / "runs" / r / "final.json").is_file() for r in together)
+
+
+def test_decode_cache_is_on_only_while_a_preset_that_asks_trains(tmp_path, monkeypatch):
+    """The demo's decode cache reaches the training processes through the environment, and is put
+    back afterwards: a later plan in the same process (another preset, real 587 px images) must
+    not cache its decoded images."""
+    import os
+
+    import transfusion.experiments.runs as runs_mod
+    from transfusion.experiments.config import make_config
+    from transfusion.experiments.engine import execute
+    from transfusion.train.data_stream import DECODE_CACHE_ENV
+
+    monkeypatch.delenv(DECODE_CACHE_ENV, raising=False)
+    seen = []
+    monkeypatch.setattr(runs_mod, "_run_one", lambda *a: seen.append(os.environ.get(DECODE_CACHE_ENV)))
+    spec = RunSpec(model="cbr_tiny", dataset="eyepacs", data_root="synthetic", seed=0)
+    for preset in ("demo", "micro"):
+        cfg = make_config("performance", preset=preset, parallel_runs=1, out=str(tmp_path),
+                          runs=str(tmp_path / preset))
+        try:
+            execute(cfg, [spec])
+        except Exception:  # noqa: BLE001 - the fake run writes no final.json: 'did not finish'
+            pass
+        assert DECODE_CACHE_ENV not in os.environ
+    assert seen == ["1", None]

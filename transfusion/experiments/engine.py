@@ -112,16 +112,35 @@ def execute(cfg: ExperimentConfig, specs: list, jobs: "JobLog | None" = None,
     one stops early (Ctrl-C stops them all; each resumes from its checkpoint). With
     submitit they go as one job array, with ``cfg.executor_params``; ``jobs`` records the ids.
     """
-    from transfusion.experiments.runs import make_executor
-
     unique = list({s.run_id: s for s in specs}.values())
     if not unique:
         return
     runs_dir = Path(runs_dir) if runs_dir is not None else cfg.runs_dir
-    if cfg.decode_cache:  # read by the training processes (inherited by the pool's workers)
-        from transfusion.train.data_stream import DECODE_CACHE_ENV
+    with _decode_cache_env(cfg.decode_cache):
+        _execute(cfg, unique, jobs, runs_dir)
 
+
+@contextlib.contextmanager
+def _decode_cache_env(on: bool):
+    """DECODE_CACHE_ENV set to 1 while ``on`` runs train (the pool's workers inherit it), then put
+    back, so a later run in the same process (another preset, real 587 px data) does not cache."""
+    from transfusion.train.data_stream import DECODE_CACHE_ENV
+
+    old = os.environ.get(DECODE_CACHE_ENV)
+    if on:
         os.environ[DECODE_CACHE_ENV] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(DECODE_CACHE_ENV, None)
+        else:
+            os.environ[DECODE_CACHE_ENV] = old
+
+
+def _execute(cfg: ExperimentConfig, unique: list, jobs: "JobLog | None", runs_dir: Path) -> None:
+    from transfusion.experiments.runs import make_executor
+
     if cfg.executor == "submitit":
         kwargs = {"threads": cfg.threads, **cfg.executor_params}
         # submitit's logs stay beside this experiment's runs, also for the machine-wide pretraining
