@@ -137,6 +137,17 @@ def gram_pass_torch(xs: list[torch.Tensor], shift: torch.Tensor, chunk_rows: int
     return gram, colsum, chunk_sq
 
 
+def _pass_shift(xs: list[torch.Tensor], shift: torch.Tensor, dtype: torch.dtype | None
+                ) -> tuple[torch.device, torch.Tensor]:
+    """(device, shift in the pass's GEMM dtype): ``dtype`` or ``compute_dtype(xs)``, float64
+    whenever an input is float64."""
+    dev = xs[0].device
+    dtype = compute_dtype(xs) if dtype is None else dtype
+    if any(x.dtype == torch.float64 for x in xs):
+        dtype = torch.float64
+    return dev, shift.to(device=dev, dtype=dtype)
+
+
 def gram_pass(xs: list[torch.Tensor], shift: torch.Tensor, chunk_rows: int = DEFAULT_CHUNK_ROWS,
               cross: bool = True, dtype: torch.dtype | None = None,
               use_kernel: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -146,13 +157,9 @@ def gram_pass(xs: list[torch.Tensor], shift: torch.Tensor, chunk_rows: int = DEF
     ``shift``: float64 (W,), W the summed widths (from ``first_chunk_shift``); ``dtype``: the GEMM
     dtype (default ``compute_dtype(xs)``); ``use_kernel=False`` forces the torch version.
     """
-    dev = xs[0].device
-    dtype = compute_dtype(xs) if dtype is None else dtype
-    if any(x.dtype == torch.float64 for x in xs):
-        dtype = torch.float64
-    shift = shift.to(device=dev, dtype=dtype)
+    dev, shift = _pass_shift(xs, shift, dtype)
     if use_kernel is None:
-        use_kernel = _op_available(dev)
+        use_kernel = _extension.op_available("gram_pass", dev)
     with _full_float32_matmul():
         if use_kernel:
             return torch.ops.transfusion.gram_pass(list(xs), shift, int(chunk_rows), bool(cross))
@@ -168,11 +175,7 @@ def gram_pass_groups(xs: list[torch.Tensor], shift: torch.Tensor, group_sizes: l
     zeros between the pairs. All inputs need the same n (rows) and device."""
     if sum(group_sizes) != len(xs) or any(g < 1 for g in group_sizes):
         raise ValueError(f"group_sizes {group_sizes} must be >= 1 and add up to {len(xs)} inputs")
-    dev = xs[0].device
-    dtype = compute_dtype(xs) if dtype is None else dtype
-    if any(x.dtype == torch.float64 for x in xs):
-        dtype = torch.float64
-    shift = shift.to(device=dev, dtype=dtype)
+    dev, shift = _pass_shift(xs, shift, dtype)
     if use_kernel is None:
         use_kernel = _extension.op_available("gram_pass_groups", dev)
     with _full_float32_matmul():
