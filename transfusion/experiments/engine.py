@@ -273,9 +273,9 @@ class Context:
     def dataset(self, split: str = "test"):
         """One split of the medical data, unaugmented (the fixed evaluation set is 'test')."""
         from transfusion.data import load_dataset
-        from transfusion.train.data_stream import cache_root
+        from transfusion.train.data_stream import decoded_images_dir
 
-        cache = str(cache_root() / "decoded") if self.cfg.decode_cache else None
+        cache = str(decoded_images_dir()) if self.cfg.decode_cache else None
         return load_dataset(self.data["dataset"], self.data["root"], split, image_size=self.cfg.image_size,
                             augment=False, seed=0, cache_dir=cache)
 

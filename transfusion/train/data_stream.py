@@ -32,8 +32,14 @@ def cache_root() -> Path:
 DECODE_CACHE_ENV = "TRANSFUSION_DECODE_CACHE"
 
 
+def decoded_images_dir() -> Path:
+    """Where the decode cache keeps its .npy files."""
+    return cache_root() / "decoded"
+
+
 def decode_cache_dir() -> Path | None:
-    return cache_root() / "decoded" if os.environ.get(DECODE_CACHE_ENV) == "1" else None
+    """``decoded_images_dir()`` while DECODE_CACHE_ENV is 1, else None."""
+    return decoded_images_dir() if os.environ.get(DECODE_CACHE_ENV) == "1" else None
 
 
 class StepBatchSampler(Sampler):
