@@ -1,7 +1,9 @@
-// CPU implementation of transfusion::scale_shift_relu: checks, layout choice, dispatch.
+// CPU implementation of transfusion::scale_shift_relu: checks (include/transfusion/checks.h),
+// layout choice, dispatch.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "transfusion/checks.h"
 #include "transfusion/cpu_dispatch.h"
 #include "transfusion/cpu_output.h"
 
@@ -13,20 +15,11 @@ namespace transfusion::cpu {
 namespace {
 
 at::Tensor scale_shift_relu(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift) {
-  TORCH_CHECK(x.dim() >= 2, "scale_shift_relu: x must be (N, C, ...), got ", x.dim(), " dims");
-  const int64_t channels = x.size(1);
-  TORCH_CHECK(scale.dim() == 1 && scale.size(0) == channels && shift.dim() == 1 &&
-                  shift.size(0) == channels,
-              "scale_shift_relu: scale and shift must be (C,) = (", channels, ",)");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "scale_shift_relu: CPU supports float32 and float64, got ", x.scalar_type());
-  TORCH_CHECK(scale.scalar_type() == x.scalar_type() && shift.scalar_type() == x.scalar_type(),
-              "scale_shift_relu: scale and shift must have x's dtype");
-  const bool channels_last = x.dim() == 4 && !x.is_contiguous() &&
-                             x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  check_scale_shift_relu_inputs(x, scale, shift);
+  check_cpu_float("scale_shift_relu", x);
+  const bool channels_last = is_channels_last(x);
   const at::Tensor xc = channels_last ? x : x.contiguous();
-  at::Tensor y = empty_output_like(xc, channels_last ? at::MemoryFormat::ChannelsLast
-                                                     : at::MemoryFormat::Contiguous);
+  at::Tensor y = empty_output_like(xc, memory_format(channels_last));
   TRANSFUSION_CPU_KERNEL(scale_shift_relu_kernel)(xc, scale.contiguous(), shift.contiguous(), y,
                                                   channels_last);
   return y;

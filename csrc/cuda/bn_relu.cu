@@ -8,6 +8,7 @@
 //   backward: the same two-level reduction for sum(g [z>0]) and sum(g [z>0] (x - mean)), then one
 //             elementwise pass grad_x = [z>0] g k + x p + q, with z = x * scale + shift recomputed
 //             from x by bn_pre exactly as the forward computed y = max(z, 0) (y is not kept).
+// Checks and the channels_last test: include/transfusion/checks.h, shared with the CPU ops.
 // Only ATen core + c10/cuda headers (the compile check runs without cuBLAS/cuDNN headers).
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
@@ -20,6 +21,7 @@
 #include <tuple>
 
 #include "transfusion/bn_relu_math.h"
+#include "transfusion/checks.h"
 
 namespace transfusion::cuda {
 namespace {
@@ -190,14 +192,6 @@ __global__ void backward_apply_kernel(const T* __restrict__ g, const T* __restri
   }
 }
 
-bool use_channels_last(const at::Tensor& x) {
-  return x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
-}
-
-at::MemoryFormat format_of(bool channels_last) {
-  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-}
-
 // Statistics dtype: float32 for the half types, else x's dtype.
 at::ScalarType acc_type(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -211,27 +205,17 @@ int elementwise_blocks(int64_t total) {
   return static_cast<int>(std::min<int64_t>((total + kThreads - 1) / kThreads, 65535LL * 8));
 }
 
-void check_inputs(const char* op, const at::Tensor& x, const at::Tensor& weight) {
-  TORCH_CHECK(x.dim() >= 2, op, ": x must be (N, C, ...), got ", x.dim(), " dims");
-  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == x.size(1), op,
-              ": weight must be (C,) = (", x.size(1), ",), got ", weight.sizes());
-  TORCH_CHECK(x.numel() / std::max<int64_t>(x.size(1), 1) > 1, op,
-              ": expected more than 1 value per channel when training, got input of size ",
-              x.sizes());
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_relu_stats_forward(
     const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps) {
-  check_inputs("bn_relu_stats_forward", x, weight);
-  TORCH_CHECK(bias.sizes() == weight.sizes(), "bn_relu_stats_forward: bias must be (C,)");
+  check_bn_relu_inputs("bn_relu_stats_forward", x, weight, bias);
   c10::cuda::CUDAGuard guard(x.device());
-  const bool cl = use_channels_last(x);
-  const at::Tensor xc = x.contiguous(format_of(cl));
+  const bool cl = is_channels_last(x);
+  const at::Tensor xc = x.contiguous(memory_format(cl));
   const int64_t c = x.size(1), total = xc.numel(), m = total / c, plane = m / x.size(0);
   const at::ScalarType acc = acc_type(x);
   at::Tensor mean = at::empty({c}, x.options().dtype(acc));
   at::Tensor var = at::empty({c}, x.options().dtype(acc));
-  at::Tensor y = at::empty_like(xc, format_of(cl));
+  at::Tensor y = at::empty_like(xc, memory_format(cl));
   const int splits = splits_for(m);
   at::Tensor partial = at::empty({c * splits * 3}, x.options().dtype(acc));
   auto stream = c10::cuda::getCurrentCUDAStream();
@@ -261,11 +245,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_relu_stats_forward
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
     const at::Tensor& mean, const at::Tensor& var, double eps) {
-  check_inputs("bn_relu_backward", x, weight);
-  check_backward_inputs(grad_y, x, weight, bias, mean, var);
+  check_bn_relu_inputs("bn_relu_backward", x, weight, bias);
+  check_bn_relu_backward_inputs(grad_y, x, mean, var);
   c10::cuda::CUDAGuard guard(x.device());
-  const bool cl = use_channels_last(x);
-  const at::MemoryFormat fmt = format_of(cl);
+  const bool cl = is_channels_last(x);
+  const at::MemoryFormat fmt = memory_format(cl);
   const at::Tensor xc = x.contiguous(fmt), gc = grad_y.contiguous(fmt);
   const int64_t c = x.size(1), total = xc.numel(), m = total / c, plane = m / x.size(0);
   const at::ScalarType acc = acc_type(x);

@@ -1,4 +1,5 @@
-// CUDA implementation of transfusion::scale_shift_relu (contiguous NC* and channels_last).
+// CUDA implementation of transfusion::scale_shift_relu (contiguous NC* and channels_last); checks
+// and the layout test in include/transfusion/checks.h, shared with the CPU op.
 // Only c10/cuda and ATen core headers: the compile check runs where no cuBLAS/cuSPARSE headers exist.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
@@ -6,6 +7,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+
+#include "transfusion/checks.h"
 
 namespace transfusion::cuda {
 namespace {
@@ -37,18 +40,12 @@ __global__ void scale_shift_relu_nhwc(const T* __restrict__ x, const T* __restri
 }
 
 at::Tensor scale_shift_relu(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift) {
-  TORCH_CHECK(x.dim() >= 2, "scale_shift_relu: x must be (N, C, ...), got ", x.dim(), " dims");
+  check_scale_shift_relu_inputs(x, scale, shift);
   const int64_t c = x.size(1);
-  TORCH_CHECK(scale.numel() == c && shift.numel() == c,
-              "scale_shift_relu: scale and shift must be (C,) = (", c, ",)");
-  TORCH_CHECK(scale.scalar_type() == x.scalar_type() && shift.scalar_type() == x.scalar_type(),
-              "scale_shift_relu: scale and shift must have x's dtype");
   c10::cuda::CUDAGuard guard(x.device());
-  const bool channels_last = x.dim() == 4 && !x.is_contiguous() &&
-                             x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const bool channels_last = is_channels_last(x);
   const at::Tensor xc = channels_last ? x : x.contiguous();
-  at::Tensor y = at::empty_like(xc, channels_last ? at::MemoryFormat::ChannelsLast
-                                                  : at::MemoryFormat::Contiguous);
+  at::Tensor y = at::empty_like(xc, memory_format(channels_last));
   const int64_t total = xc.numel();
   if (total == 0) return y;
   const int64_t plane = total / (x.size(0) * c);

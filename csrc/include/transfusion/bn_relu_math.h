@@ -23,19 +23,6 @@ inline BnReluAffine bn_relu_affine(const at::Tensor& weight, const at::Tensor& b
   return {invstd, scale.to(dtype).contiguous(), shift.to(dtype).contiguous()};
 }
 
-// The backward's checks beyond the forward's (x (N, C, *), weight (C,)), the same on every device.
-inline void check_backward_inputs(const at::Tensor& grad_y, const at::Tensor& x,
-                                  const at::Tensor& weight, const at::Tensor& bias,
-                                  const at::Tensor& mean, const at::Tensor& var) {
-  TORCH_CHECK(grad_y.sizes() == x.sizes(), "bn_relu_backward: grad_y must have x's shape ",
-              x.sizes(), ", got ", grad_y.sizes());
-  TORCH_CHECK(grad_y.scalar_type() == x.scalar_type(),
-              "bn_relu_backward: grad_y must have x's dtype");
-  TORCH_CHECK(bias.sizes() == weight.sizes() && mean.sizes() == weight.sizes() &&
-                  var.sizes() == weight.sizes(),
-              "bn_relu_backward: bias, mean and var must be (C,)");
-}
-
 // The backward's per-channel coefficients. With g the ReLU-masked output gradient, M the count per
 // channel and the reductions sum_g = sum(g), sum_gx = sum(g * (x - mean)) (float64):
 //   grad_x = k * (g - sum_g / M - (x - mean) * invstd^2 * sum_gx / M) = g * k + x * p + q
