@@ -63,22 +63,9 @@ def kernel_device_types() -> frozenset[str]:
 
 
 def has_kernel(device: torch.device | str) -> bool:
-    """True when the compiled ops have kernels for ``device``'s type (else use the references)."""
+    """True when kernels were built for ``device``'s type. Which op runs a kernel for which
+    tensor (op, device, dtype) is ``transfusion.ops.dispatch.has_kernel``'s answer, the ops' one."""
     return torch.device(device).type in kernel_device_types()
-
-
-def op_available(name: str, device: torch.device | str) -> bool:
-    """True when ``torch.ops.transfusion.<name>`` exists (an extension built before the op was
-    added lacks it) and has kernels for ``device``'s type. The one kernel check of the ops: the
-    hot paths read ``kernel_device_types()`` once at import into a constant (torch.compile folds
-    it), everything else asks here."""
-    if not has_kernel(device):
-        return False
-    try:
-        getattr(torch.ops.transfusion, name)
-    except (AttributeError, RuntimeError):
-        return False
-    return True
 
 
 def build_info() -> dict[str, Any]:

@@ -58,8 +58,8 @@ def check(
     """Run each compiled op against its float64 reference on random input; print error and speed."""
     import torch
 
-    from transfusion import _extension, ops
-    from transfusion.ops import reference
+    from transfusion import ops
+    from transfusion.ops import dispatch, reference
 
     x = torch.randn(8, 64, size, size, device=device)
     scale, shift = torch.rand(64, device=device) + 0.5, torch.randn(64, device=device)
@@ -80,7 +80,7 @@ def check(
 
     t_op = timed(lambda: ops.scale_shift_relu(x, scale, shift))
     t_eager = timed(lambda: torch.relu(x * scale[None, :, None, None] + shift[None, :, None, None]))
-    kernel = "compiled kernel" if _extension.has_kernel(device) else "reference fallback"
+    kernel = "compiled kernel" if dispatch.has_kernel("scale_shift_relu", x) else "pure-torch fallback"
     typer.echo(f"scale_shift_relu on {device} ({kernel}): max |error| vs float64 reference "
                f"{err:.2e}; {t_eager / t_op:.2f}x the speed of eager torch")
     if err > 1e-5:

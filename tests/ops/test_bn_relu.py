@@ -96,6 +96,14 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(f(x, s, b), reference.scale_shift_relu(x * 2, s, b) + 1)
 
 
+def test_bfloat16_on_cpu_uses_the_fallback():
+    # the CPU kernel is float32/float64 only: dispatch sends other dtypes to the pure-torch path
+    x, s, b = _inputs((2, 5, 6, 7), torch.bfloat16)
+    got = ops.scale_shift_relu(x, s, b)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, reference.scale_shift_relu(x, s, b), rtol=1e-2, atol=1e-2)
+
+
 def test_bad_shapes_get_a_clear_error():
     with pytest.raises(InputError, match="scale and shift of shape"):
         ops.scale_shift_relu(torch.randn(2, 3, 4), torch.ones(4), torch.zeros(3))

@@ -10,11 +10,9 @@ import torch
 
 from transfusion import _extension
 from transfusion.errors import InputError
-from transfusion.ops import reference
+from transfusion.ops import dispatch, reference
 
 _OP = "transfusion::scale_shift_relu"
-# Device types with compiled kernels, read once: a plain constant that torch.compile can fold.
-_KERNEL_DEVICES = _extension.kernel_device_types()
 
 
 def scale_shift_relu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -27,7 +25,7 @@ def scale_shift_relu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) 
             f"scale_shift_relu: x must be (N, C, ...) with scale and shift of shape (C,); got x "
             f"{tuple(x.shape)}, scale {tuple(scale.shape)}, shift {tuple(shift.shape)}"
         )
-    if x.device.type in _KERNEL_DEVICES:
+    if dispatch.has_kernel("scale_shift_relu", x):
         return torch.ops.transfusion.scale_shift_relu(x, scale, shift)
     y = x * reference._channel_view(scale, x) + reference._channel_view(shift, x)
     return torch.relu(y)
@@ -41,11 +39,7 @@ def _register() -> None:
     @torch.library.register_fake(_OP)
     def _fake(x, scale, shift):
         torch._check(scale.shape[0] == x.shape[1])
-        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
-            memory_format=torch.channels_last
-        ):
-            return torch.empty_like(x, memory_format=torch.channels_last)
-        return torch.empty_like(x, memory_format=torch.contiguous_format)
+        return torch.empty_like(x, memory_format=dispatch.memory_format(x))
 
     def _setup_context(ctx, inputs, output):
         x, scale, _ = inputs

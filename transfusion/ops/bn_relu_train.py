@@ -21,7 +21,7 @@ import torch
 
 from transfusion import _extension
 from transfusion.errors import InputError
-from transfusion.ops import reference
+from transfusion.ops import dispatch, reference
 
 _FWD = "transfusion::bn_relu_stats_forward"
 _BWD = "transfusion::bn_relu_backward"
@@ -29,16 +29,6 @@ _BWD = "transfusion::bn_relu_backward"
 
 def _stats_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-
-
-# Read once at import: torch.compile cannot trace the lru_cache'd loader in _extension.
-_KERNEL_DEVICES = _extension.kernel_device_types()
-
-
-def _has_kernel(x: torch.Tensor) -> bool:
-    if x.device.type not in _KERNEL_DEVICES:
-        return False
-    return x.device.type == "cuda" or x.dtype in (torch.float32, torch.float64)
 
 
 def bn_relu_train(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5
@@ -59,7 +49,7 @@ def bn_relu_train(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps
             f"bn_relu_train: expected more than 1 value per channel when training, got input of "
             f"size {tuple(x.shape)}; use a larger batch or put the block in eval mode"
         )
-    if _has_kernel(x):
+    if dispatch.has_kernel("bn_relu_stats_forward", x):
         if x.device.type == "cpu" and weight.dtype != x.dtype:
             weight, bias = weight.to(x.dtype), bias.to(x.dtype)
         y, mean, invstd, var = torch.ops.transfusion.bn_relu_stats_forward(
@@ -81,14 +71,6 @@ def _composite(x, weight, bias, eps):
     return torch.relu(y), mean.detach(), invstd.detach(), var.detach()
 
 
-def _layout_like(x: torch.Tensor) -> torch.memory_format:
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
-        memory_format=torch.channels_last
-    ):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 def _register() -> None:
     if not _extension.available():
         return
@@ -98,7 +80,7 @@ def _register() -> None:
         torch._check(weight.shape[0] == x.shape[1])
         c = x.shape[1]
         stats = _stats_dtype(x)
-        y = torch.empty_like(x, memory_format=_layout_like(x))
+        y = torch.empty_like(x, memory_format=dispatch.memory_format(x))
         return (y, x.new_empty((c,), dtype=stats), x.new_empty((c,), dtype=stats),
                 x.new_empty((c,), dtype=stats))
 
@@ -106,7 +88,7 @@ def _register() -> None:
     def _fake_backward(grad_y, x, weight, bias, mean, var, eps):
         torch._check(weight.shape[0] == x.shape[1])
         c = x.shape[1]
-        return (torch.empty_like(x, memory_format=_layout_like(x)),
+        return (torch.empty_like(x, memory_format=dispatch.memory_format(x)),
                 weight.new_empty((c,)), weight.new_empty((c,)))
 
     def _setup_context(ctx, inputs, output):

@@ -42,6 +42,7 @@ import contextlib
 import torch
 
 from transfusion import _extension
+from transfusion.ops import dispatch
 
 _OP = "transfusion::gram_pass"
 # measured (module docstring): as fast as longer chunks, and the float32 error bound grows with it
@@ -66,10 +67,6 @@ def first_chunk_shift(xs: list[torch.Tensor], chunk_rows: int = DEFAULT_CHUNK_RO
     dtype) and returned as float64: the exact value that gets subtracted."""
     parts = [x[:chunk_rows].to(torch.float64).mean(dim=0) for x in xs]
     return torch.cat(parts).to(dtype).to(torch.float64)
-
-
-def _op_available(device: torch.device) -> bool:
-    return _extension.op_available("gram_pass", device)
 
 
 @contextlib.contextmanager
@@ -159,7 +156,7 @@ def gram_pass(xs: list[torch.Tensor], shift: torch.Tensor, chunk_rows: int = DEF
     """
     dev, shift = _pass_shift(xs, shift, dtype)
     if use_kernel is None:
-        use_kernel = _extension.op_available("gram_pass", dev)
+        use_kernel = dispatch.has_kernel("gram_pass", dev)
     with _full_float32_matmul():
         if use_kernel:
             return torch.ops.transfusion.gram_pass(list(xs), shift, int(chunk_rows), bool(cross))
@@ -177,7 +174,7 @@ def gram_pass_groups(xs: list[torch.Tensor], shift: torch.Tensor, group_sizes: l
         raise ValueError(f"group_sizes {group_sizes} must be >= 1 and add up to {len(xs)} inputs")
     dev, shift = _pass_shift(xs, shift, dtype)
     if use_kernel is None:
-        use_kernel = _extension.op_available("gram_pass_groups", dev)
+        use_kernel = dispatch.has_kernel("gram_pass_groups", dev)
     with _full_float32_matmul():
         if use_kernel:
             return torch.ops.transfusion.gram_pass_groups(list(xs), shift, int(chunk_rows),

@@ -15,13 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
-        memory_format=torch.channels_last
-    ):
-        return torch.channels_last
-    return torch.contiguous_format
+from transfusion.ops import dispatch
 
 
 class _MaxPool2dSavingIndices(torch.autograd.Function):
@@ -30,7 +24,7 @@ class _MaxPool2dSavingIndices(torch.autograd.Function):
         y, indices = torch.ops.aten.max_pool2d_with_indices(
             x, kernel_size, stride, padding, dilation, ceil_mode)
         ctx.save_for_backward(indices)
-        ctx.input_meta = (x.shape, x.dtype, x.device, _memory_format(x))
+        ctx.input_meta = (x.shape, x.dtype, x.device, dispatch.memory_format(x))
         ctx.args = (kernel_size, stride, padding, dilation, ceil_mode)
         return y
 
