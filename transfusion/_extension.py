@@ -1,7 +1,8 @@
 """Loads the compiled extension ``transfusion._C`` and says what was built.
 
-The package works without it: every op falls back to its pure-torch reference, and one warning
-says why the extension is missing and how to build it. ``transfusion info`` prints ``build_info()``.
+The package works without it: every op runs its own pure-torch fallback in the input's dtype (not
+the float64 references of ``ops/reference*.py``, which are the tests' oracle), and one warning says
+why the extension is missing and how to build it. ``transfusion info`` prints ``build_info()``.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def _load() -> tuple[Any | None, str]:
     except ImportError as exc:  # not built, or built against another torch
         reason = f"transfusion._C could not be imported ({exc}); {_BUILD_HINT}"
         warnings.warn(
-            f"{reason}. Falling back to the pure-torch reference ops (correct, slower).",
+            f"{reason}. Falling back to the ops' pure-torch versions (correct, slower).",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -73,7 +74,7 @@ def build_info() -> dict[str, Any]:
     module, reason = _load()
     if module is None:
         return {"extension": False, "reason": reason, "cuda": False, "cuda_archs": "",
-                "cuda_compile_checked": False, "cpu_capability": "none (reference ops)"}
+                "cuda_compile_checked": False, "cpu_capability": "none (pure-torch fallbacks)"}
     info = dict(module.build_info())
     info["extension"] = True
     info["cpu_output_cache_limit_mib"] = module.cpu_output_cache_info()["limit_bytes"] >> 20

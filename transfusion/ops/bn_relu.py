@@ -1,8 +1,10 @@
 """The normalise + affine + ReLU pass of a conv-BN-ReLU block: y = relu(x * scale[c] + shift[c]).
 
 With scale = gamma / sqrt(var + eps) and shift = beta - mean * scale this is BatchNorm followed by
-ReLU in one pass over memory. Compiled kernels: CPU (vectorised per CPU capability) and CUDA; on
-other devices, or without the extension, the float64 reference in ``reference.py`` runs instead.
+ReLU in one pass over memory. Compiled kernels: CPU float32/float64 (vectorised per CPU
+capability) and CUDA; elsewhere (``dispatch.has_kernel``), or without the extension,
+relu(x * scale + shift) in x's dtype with torch ops (the float64 ``reference.py`` is the tests'
+oracle).
 """
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
-"""Pure-torch reference implementations of every op: the test oracle and the fallback.
+"""Pure-torch reference implementations of every op: the test oracle (and ``transfusion check``'s).
 
 They favour clarity over speed and compute in float64 unless told otherwise. A compiled kernel is
-right when it matches its reference here within the tolerance its test states.
+right when it matches its reference here within the tolerance its test states. They are not the
+fallback: where no kernel runs (``ops.dispatch.has_kernel``), each op computes with its own torch
+code in the input's dtype (bn_relu.py, bn_relu_train._composite), tested against these.
 """
 from __future__ import annotations
 
