@@ -74,6 +74,11 @@ class TaskEntry:
     augment: str
     medical: bool = True
 
+    @property
+    def kind(self) -> str:
+        """grade | multilabel (the Task's), multiclass (a dataset's classes)."""
+        return self.spec.kind if self.spec is not None else "multiclass"
+
 
 @dataclass(frozen=True)
 class DatasetFormat:

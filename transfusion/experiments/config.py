@@ -15,10 +15,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from transfusion.data import catalogue
 from transfusion.errors import ConfigError
 
-DATASETS = ("retina", "chexpert")
-DATA_FORMATS = {"retina": ("eyepacs", "aptos", "medmnist"), "chexpert": ("chexpert", "medmnist")}
+# --dataset is a medical task of the catalogue (retina, chexpert) and --data-format one of the
+# formats that serve it, its usual one first (retina: eyepacs, aptos, medmnist), read from
+# transfusion.data.catalogue when a config is made, so a registered format is accepted
 EXECUTORS = ("local", "submitit")
 
 # The paper's model list (Tables 1-3) and what the CPU demo uses instead.
@@ -269,8 +271,8 @@ def make_config(experiment: str, *, preset: str = "demo", dataset: str = "retina
     """A config from a preset plus explicit overrides, validated with messages that say what to do."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    if dataset not in DATASETS:
-        raise ConfigError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if dataset not in catalogue.medical_tasks():
+        raise ConfigError(f"unknown dataset {dataset!r}; choose one of {', '.join(catalogue.medical_tasks())}")
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     if executor_params and executor != "submitit":
@@ -287,11 +289,12 @@ def make_config(experiment: str, *, preset: str = "demo", dataset: str = "retina
         if not Path(data_dir).expanduser().exists():
             raise ConfigError(f"--data-dir {data_dir!r} does not exist; give the folder of the "
                               f"dataset (or leave it out to use the built-in synthetic data)")
+        formats = catalogue.formats_for(dataset)
         if data_format is None:
-            data_format = DATA_FORMATS[dataset][0]
-        if data_format not in DATA_FORMATS[dataset]:
+            data_format = formats[0]
+        if data_format not in formats:
             raise ConfigError(f"--data-format {data_format!r} does not fit --dataset {dataset}; "
-                              f"choose one of {', '.join(DATA_FORMATS[dataset])}")
+                              f"choose one of {', '.join(formats)}")
     elif preset == "paper":
         raise ConfigError("--preset paper is the paper's protocol on real data: give --data-dir "
                           "(EyePACS/APTOS/CheXpert folder) or use --preset demo for synthetic data")
