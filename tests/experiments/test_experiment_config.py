@@ -101,3 +101,23 @@ def test_demo_recipe_overrides_reach_the_run_specs(tmp_path):
         assert p.spec.test_split == "test"
         assert o.get("lr") == (0.006 if p.role["model"] == "resnet50_narrow" else None)
     assert "schedule" not in pretrain_spec(cfg, "cbr_tiny").overrides
+
+
+def test_every_preset_field_reaches_the_config_through_one_copy():
+    """Issue 13: make_config copied 19 preset fields by hand; preset_values copies every field a
+    Preset shares with ExperimentConfig, so a new preset setting reaches plan.json by itself."""
+    import dataclasses
+
+    from transfusion.experiments.config import Preset, preset_values
+
+    preset = {f.name for f in dataclasses.fields(Preset)}
+    shared = preset & {f.name for f in dataclasses.fields(ExperimentConfig)}
+    assert preset - shared == {"name", "per_experiment"}
+    p = PRESETS["demo"]
+    cfg = make_config("performance", preset="demo")
+    for k in shared - {"steps", "image_size", "eval_every"}:
+        assert getattr(cfg, k) == getattr(p, k), k
+    assert (cfg.steps, cfg.image_size) == (p.steps["retina"], p.image_size["retina"])
+    values = preset_values(p, "chexpert")
+    values["model_overrides"]["resnet50_narrow"]["lr"] = 1.0  # a copy: the preset is unchanged
+    assert p.model_overrides["resnet50_narrow"]["lr"] == 0.006

@@ -10,15 +10,14 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from transfusion.data.catalogue import TASKS as TASK_TABLE
+from transfusion.data.catalogue import LoadRequest, augment_name, find_format, format_names
 from transfusion.data.tasks import CHEXPERT, CHEXPERT_COMPETITION, REFERABLE_GRADE, RETINA, TASKS, Task, referable
-from transfusion.errors import ConfigError
 
 if TYPE_CHECKING:  # torch and numpy load on first use, keeping `transfusion --help` fast
     from transfusion.data.base import ImageDataset
 
 log = logging.getLogger(__name__)
-
-DATASET_NAMES = ("eyepacs", "aptos", "medmnist", "chexpert", "imagefolder")
 
 
 def load_dataset(name: str, root: str | Path, split: str, *, image_size: int, augment: bool,
@@ -28,7 +27,9 @@ def load_dataset(name: str, root: str | Path, split: str, *, image_size: int, au
                  limit: int | None = None) -> "ImageDataset":
     """Open one split of a dataset in its published on-disk format.
 
-    name: eyepacs | aptos | medmnist | chexpert | imagefolder. root: the dataset folder
+    name: a format of the catalogue (``transfusion.data.catalogue.FORMATS``: eyepacs | aptos |
+    medmnist | chexpert | imagefolder, or an alias), which names its loader, task, image fit and
+    augmentation; every loader takes the same LoadRequest. root: the dataset folder
     (medmnist: the .npz file; chexpert: CheXpert-v1.0-small/ or its parent). split: train | val |
     test (how each dataset makes them: see its module). seed: the patient-hash split seed.
     label_policy: CheXpert uncertainty policy (see transfusion.data.chexpert). in_channels: 1 or 3;
@@ -42,42 +43,21 @@ def load_dataset(name: str, root: str | Path, split: str, *, image_size: int, au
     from transfusion.data.base import ImageDataset
 
     S.check_split(split)
-    key = name.lower().replace("-", "").replace("_", "")
+    fmt = find_format(name)
     root = Path(root)
-    common = dict(image_size=image_size, in_channels=in_channels, cache_dir=cache_dir,
-                  skip_missing=skip_missing, limit=limit, split=split, root=root)
-    if key in ("eyepacs", "aptos"):
-        from transfusion.data.retina import load_aptos, load_eyepacs
-
-        loader = load_eyepacs if key == "eyepacs" else load_aptos
-        table, extra = loader(root, split, seed, split_file)
-        return ImageDataset(dataset=key, table=table, task=RETINA, fit="pad",
-                            augment=T.RETINA_AUGMENT if augment else None, extra=extra, **common)
-    if key in ("chexpert", "chexpertsmall", "chexpertv10small", "chexpertv10"):
-        from transfusion.data.chexpert import load_chexpert, parse_label_policy
-
-        table, extra = load_chexpert(root, split, seed, split_file, label_policy, frontal_only)
-        return ImageDataset(dataset="chexpert", table=table, task=CHEXPERT, fit="stretch",
-                            augment=T.CHEXPERT_AUGMENT if augment else None,
-                            label_policy=parse_label_policy(label_policy).name, extra=extra, **common)
-    if key in ("medmnist", "retinamnist", "chestmnist"):
-        from transfusion.data.medmnist import load_medmnist
-
-        table, task, extra = load_medmnist(root, split, split_file)
-        aug = (T.RETINA_AUGMENT if task is RETINA else T.CHEXPERT_AUGMENT) if augment else None
-        return ImageDataset(dataset="medmnist", table=table, task=task, fit="stretch", augment=aug,
-                            extra=extra, **common)
-    if key == "imagefolder":
-        from transfusion.data.imagefolder import load_imagefolder
-
-        table, classes, extra = load_imagefolder(root, split, seed, split_file)
-        return ImageDataset(dataset="imagefolder", table=table, task=None, classes=classes,
-                            fit="stretch", augment=T.NATURAL_AUGMENT if augment else None,
-                            extra=extra, **common)
-    raise ConfigError(f"unknown dataset {name!r}: use one of {', '.join(DATASET_NAMES)}")
+    got = fmt.load(LoadRequest(root=root, split=split, seed=seed, split_file=split_file,
+                               label_policy=label_policy, frontal_only=frontal_only))
+    task = got.task or TASK_TABLE[fmt.task].spec
+    return ImageDataset(dataset=fmt.name, table=got.table, task=task, classes=got.classes, fit=fmt.fit,
+                        augment=getattr(T, augment_name(fmt, task)) if augment else None,
+                        label_policy=got.label_policy, extra=got.extra, image_size=image_size,
+                        in_channels=in_channels, cache_dir=cache_dir, skip_missing=skip_missing,
+                        limit=limit, split=split, root=root)
 
 
 def __getattr__(name: str):
+    if name == "DATASET_NAMES":  # read from the catalogue each time: a format may be registered
+        return format_names()
     if name == "ImageDataset":
         from transfusion.data.base import ImageDataset
 

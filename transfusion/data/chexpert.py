@@ -36,6 +36,7 @@ import numpy as np
 
 from transfusion.data import splits as S
 from transfusion.data.base import ItemTable
+from transfusion.data.catalogue import Loaded, LoadRequest
 from transfusion.data.csvfile import check_inside_root, read_table
 from transfusion.data.tasks import CHEXPERT_COMPETITION
 from transfusion.errors import ConfigError, DataError
@@ -205,8 +206,15 @@ def _to_items(t: ChexpertTable, base: Path, keep: np.ndarray, policy) -> ItemTab
                      sources=[f"{t.file.name}, line {t.lines[i]}" for i in idx])
 
 
-def load_chexpert(root: Path, split: str, seed: int, split_file: str | None, label_policy,
-                  frontal_only: bool) -> tuple[ItemTable, dict]:
+def load_chexpert(req: LoadRequest) -> Loaded:
+    """The catalogue's loader of CheXpert-v1.0-small folders."""
+    table, extra = _chexpert(Path(req.root), req.split, req.seed, req.split_file, req.label_policy,
+                             req.frontal_only)
+    return Loaded(table, extra=extra, label_policy=parse_label_policy(req.label_policy).name)
+
+
+def _chexpert(root: Path, split: str, seed: int, split_file: str | None, label_policy,
+              frontal_only: bool) -> tuple[ItemTable, dict]:
     base = find_base(root)
     train_csv = base / "train.csv" if (base / "train.csv").is_file() else base / "train.csv.gz"
     valid_csv = base / "valid.csv"

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from transfusion.data.catalogue import FORMATS, format_of_synthetic
+
 data_app = typer.Typer(help="Datasets: make synthetic data in the real formats; describe a dataset.",
                        no_args_is_help=True)
 
@@ -40,13 +42,11 @@ def make(
     w = workers or None
     if kind is Kind.fundus:
         root = synthetic.make_fundus(out, n, size, seed, workers=w)
-        name = "eyepacs"
     elif kind is Kind.chexpert:
         root = synthetic.make_chexpert(out, n, size, seed, workers=w)
-        name = "chexpert"
     else:
         root = synthetic.make_natural(out, n, size, classes, seed, workers=w)
-        name = "imagefolder"
+    name = format_of_synthetic(kind.value)  # the format it is written in: fundus -> eyepacs
     typer.echo(f"wrote {n} synthetic {kind.value} images ({size} px, seed {seed}) to {root} "
                f"in {time.perf_counter() - t0:.1f} s; read it with load_dataset({name!r}, {str(root)!r}, ...)"
                f" or `transfusion data describe {name} {root}`")
@@ -54,7 +54,7 @@ def make(
 
 @data_app.command()
 def describe(
-    name: str = typer.Argument(..., help="eyepacs | aptos | medmnist | chexpert | imagefolder"),
+    name: str = typer.Argument(..., help=" | ".join(FORMATS)),
     root: Path = typer.Argument(..., help="Dataset folder (medmnist: the .npz file)."),
     split: str = typer.Option("all", help="train, val, test or all."),
     seed: int = typer.Option(0, help="Split seed."),

@@ -13,6 +13,7 @@ import numpy as np
 
 from transfusion.data import splits as S
 from transfusion.data.base import ItemTable
+from transfusion.data.catalogue import Loaded, LoadRequest
 from transfusion.errors import DataError
 
 EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
@@ -45,9 +46,14 @@ def _check_split_classes(root: Path, classes: tuple[str, ...]) -> None:
                                 "out of the dataset folder")
 
 
-def load_imagefolder(root: Path, split: str, seed: int, split_file: str | None
-                     ) -> tuple[ItemTable, tuple[str, ...], dict]:
-    root = Path(root)
+def load_imagefolder(req: LoadRequest) -> Loaded:
+    """The catalogue's loader of ImageFolder trees (one subfolder per class)."""
+    table, classes, extra = _imagefolder(Path(req.root), req.split, req.seed, req.split_file)
+    return Loaded(table, classes=classes, extra=extra)
+
+
+def _imagefolder(root: Path, split: str, seed: int, split_file: str | None
+                 ) -> tuple[ItemTable, tuple[str, ...], dict]:
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist: give a folder with one subfolder per class")
     presplit = (root / "train").is_dir() and (root / "val").is_dir()

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from transfusion.data.base import ItemTable
+from transfusion.data.catalogue import Loaded, LoadRequest
 from transfusion.data.tasks import CHEXPERT, RETINA, Task
 from transfusion.errors import ConfigError, DataError
 
@@ -54,8 +55,14 @@ def _read_split(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
-def load_medmnist(path: Path, split: str, split_file: str | None) -> tuple[ItemTable, Task, dict]:
-    path = Path(path)
+def load_medmnist(req: LoadRequest) -> Loaded:
+    """The catalogue's loader of MedMNIST .npz files (retinamnist, chestmnist); the file says the
+    task."""
+    table, task, extra = _medmnist(Path(req.root), req.split, req.split_file)
+    return Loaded(table, task=task, extra=extra)
+
+
+def _medmnist(path: Path, split: str, split_file: str | None) -> tuple[ItemTable, Task, dict]:
     if split_file:
         raise ConfigError("MedMNIST files carry fixed official splits; a split file cannot apply")
     if not path.is_file():

@@ -21,6 +21,7 @@ import numpy as np
 
 from transfusion.data import splits as S
 from transfusion.data.base import ItemTable
+from transfusion.data.catalogue import Loaded, LoadRequest
 from transfusion.data.csvfile import parse_int_label, read_rows
 from transfusion.errors import ConfigError, DataError
 
@@ -102,8 +103,13 @@ def _pick(table: ItemTable, assigned: np.ndarray, split: str) -> ItemTable:
     return table.select(np.asarray([a == split for a in assigned], dtype=bool))
 
 
-def load_eyepacs(root: Path, split: str, seed: int, split_file: str | None) -> tuple[ItemTable, dict]:
-    root = Path(root)
+def load_eyepacs(req: LoadRequest) -> Loaded:
+    """The catalogue's loader of EyePACS (Kaggle diabetic-retinopathy) folders."""
+    table, extra = _eyepacs(Path(req.root), req.split, req.seed, req.split_file)
+    return Loaded(table, extra=extra)
+
+
+def _eyepacs(root: Path, split: str, seed: int, split_file: str | None) -> tuple[ItemTable, dict]:
     what = "EyePACS (trainLabels.csv: image,level; train/<image>.jpeg)"
     train, _ = read_grade_csv(root / "trainLabels.csv", root / "train", "image", "level", ".jpeg", what)
     sol_path = root / "retinopathy_solution.csv"
@@ -141,8 +147,13 @@ def _check_patients_apart(train: ItemTable, test: ItemTable, root: Path) -> None
                             "one file, or give a split_file that puts each patient in one split")
 
 
-def load_aptos(root: Path, split: str, seed: int, split_file: str | None) -> tuple[ItemTable, dict]:
-    root = Path(root)
+def load_aptos(req: LoadRequest) -> Loaded:
+    """The catalogue's loader of APTOS 2019 folders."""
+    table, extra = _aptos(Path(req.root), req.split, req.seed, req.split_file)
+    return Loaded(table, extra=extra)
+
+
+def _aptos(root: Path, split: str, seed: int, split_file: str | None) -> tuple[ItemTable, dict]:
     table, _ = read_grade_csv(root / "train.csv", root / "train_images", "id_code", "diagnosis", ".png",
                               "APTOS 2019 (train.csv: id_code,diagnosis; train_images/<id_code>.png)",
                               patient_of=lambda s: s)

@@ -14,6 +14,7 @@ from typing import List, Optional
 
 import typer
 
+from transfusion.data import catalogue
 from transfusion.experiments import EXPERIMENT_NAMES, experiment_module
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,11 @@ log = logging.getLogger(__name__)
 PRESET_HELP = ("micro: seconds per experiment (tests); demo: synthetic data on a CPU, the whole "
                "`run all` in about 16 minutes on 2 cores (956 s measured); paper: the paper's "
                "protocol on real data (GPUs).")
+# --dataset / --data-format help, from the catalogue of tasks and formats
+DATASET_HELP = " or ".join(catalogue.medical_tasks()) + "."
+DATA_FORMAT_HELP = ("; ".join(f"{', '.join(catalogue.formats_for(t))} ({t})" for t in catalogue.medical_tasks())
+                    + ". Default: " + " / ".join(catalogue.formats_for(t)[0] for t in catalogue.medical_tasks())
+                    + ".")
 
 
 def _run(name: str, *, preset, dataset, data_dir, data_format, models, seeds, steps, image_size,
@@ -73,11 +79,10 @@ def _run(name: str, *, preset, dataset, data_dir, data_format, models, seeds, st
 def _make_command(name: str, doc: str, *, small_data: bool = False, upto: bool = False):
     def command(
         preset: str = typer.Option("demo", help=PRESET_HELP),
-        dataset: str = typer.Option("retina", help="retina or chexpert."),
+        dataset: str = typer.Option("retina", help=DATASET_HELP),
         data_dir: Optional[str] = typer.Option(None, help="Real dataset folder (EyePACS/APTOS/CheXpert "
                                                "folder or MedMNIST .npz); default: built-in synthetic data."),
-        data_format: Optional[str] = typer.Option(None, help="eyepacs, aptos, medmnist (retina); "
-                                                  "chexpert, medmnist (chexpert). Default: eyepacs / chexpert."),
+        data_format: Optional[str] = typer.Option(None, help=DATA_FORMAT_HELP),
         models: Optional[str] = typer.Option(None, help="Comma-separated model names (default: the preset's)."),
         seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds, e.g. 0,1,2."),
         steps: Optional[int] = typer.Option(None, help="Training steps per run (default: the preset's)."),
@@ -166,7 +171,7 @@ def compare(
     ckpt_a: Path = typer.Argument(..., help="A transfusion model checkpoint (e.g. runs/<id>/model_final.pt)."),
     ckpt_b: Path = typer.Argument(..., help="Another one (may be another architecture)."),
     data: str = typer.Option("synthetic", help="Dataset folder, or 'synthetic' for the built-in fundus set."),
-    data_format: str = typer.Option("eyepacs", help="eyepacs, aptos, medmnist, chexpert, imagefolder."),
+    data_format: str = typer.Option("eyepacs", help=", ".join(catalogue.FORMATS) + "."),
     split: str = typer.Option("test", help="Which split's images to feed."),
     images: int = typer.Option(200, help="Number of evaluation images."),
     image_size: Optional[int] = typer.Option(None, help="Image size (default: from checkpoint meta, else 64)."),
@@ -202,8 +207,9 @@ def compare(
     if data == "synthetic":
         from transfusion.data.synthetic import ensure_synthetic
 
-        root = ensure_synthetic("fundus", Path(cache), n_images=max(images * 3, 100), image_size=size, seed=0)
-        data_format = "eyepacs"
+        root = ensure_synthetic(catalogue.synthetic_kind("retina"), Path(cache),
+                                n_images=max(images * 3, 100), image_size=size, seed=0)
+        data_format = catalogue.synthetic_format("retina")
     else:
         root = data
     ds = load_dataset(data_format, root, split, image_size=size, augment=False,

@@ -102,7 +102,9 @@ def load_plan_runs(plan: dict, runs_dir: Path) -> list[RunRecord]:
 
 def headline_key(dataset: str) -> str:
     """The metric the paper reports: referable-DR AUC (retina) or the mean of the 5 AUCs (chexpert)."""
-    return {"retina": "auc_referable", "chexpert": "auc_mean"}[dataset]
+    from transfusion.data.catalogue import headline
+
+    return headline(dataset)
 
 
 def eval_records(rec: RunRecord, key: str) -> list[dict]:

@@ -2,7 +2,8 @@
 
 An :class:`ExperimentConfig` is everything an experiment needs to plan its runs. It is built from a
 preset (``micro`` for tests, ``demo`` for a CPU, ``paper`` for the paper's protocol on GPUs) and
-then overridden by the explicit command-line options. It is stored in every
+then overridden by the explicit command-line options (:func:`make_config`: every field a Preset
+shares with the config comes from :func:`preset_values`, the given options go on top). It is stored in every
 ``results/<experiment>/plan.json`` so a report always says what was run.
 
 Steps-to-threshold thresholds per preset (the paper uses 0.91 referable-DR AUC on real retina):
@@ -11,14 +12,17 @@ written in every result file and report beside the paper's.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from transfusion.data import catalogue
 from transfusion.errors import ConfigError
 
-DATASETS = ("retina", "chexpert")
-DATA_FORMATS = {"retina": ("eyepacs", "aptos", "medmnist"), "chexpert": ("chexpert", "medmnist")}
+# --dataset is a medical task of the catalogue (retina, chexpert) and --data-format one of the
+# formats that serve it, its usual one first (retina: eyepacs, aptos, medmnist), read from
+# transfusion.data.catalogue when a config is made, so a registered format is accepted
 EXECUTORS = ("local", "submitit")
 
 # The paper's model list (Tables 1-3) and what the CPU demo uses instead.
@@ -256,21 +260,26 @@ def parse_list(value: str | None, kind=str) -> tuple | None:
                           f"e.g. 0,1,2") from None
 
 
-def make_config(experiment: str, *, preset: str = "demo", dataset: str = "retina",
-                data_dir: str | None = None, data_format: str | None = None,
-                models: tuple[str, ...] | None = None, seeds: tuple[int, ...] | None = None,
-                steps: int | None = None, image_size: int | None = None,
-                batch_size: int | None = None, pretrained: dict | None = None,
-                out: str = "results", runs: str = "runs", executor: str = "local",
-                executor_params: dict | None = None, threshold: float | None = None, small_data: int | None = None,
-                upto: str | None = None, cache: str | None = None,
-                device: str | None = None, threads: int | None = None,
-                snapshots: int | None = None, parallel_runs: int | None = None) -> ExperimentConfig:
-    """A config from a preset plus explicit overrides, validated with messages that say what to do."""
+def preset_values(p: Preset, dataset: str) -> dict:
+    """The preset's values of the ExperimentConfig fields the two share (copied, so a config never
+    shares its preset's dicts), with the steps and image size of ``dataset``: the one place that
+    turns a preset into config fields (issue 13: make_config copied 19 of them by hand)."""
+    shared = {f.name for f in dataclasses.fields(ExperimentConfig)} & {f.name for f in dataclasses.fields(Preset)}
+    values = {k: copy.deepcopy(getattr(p, k)) for k in shared}
+    values["steps"], values["image_size"] = p.steps[dataset], p.image_size[dataset]
+    return values
+
+
+def _check_options(*, preset: str, dataset: str, executor: str, executor_params: dict | None,
+                   data_dir: str | None, data_format: str | None, steps: int | None,
+                   parallel_runs: int | None, snapshots: int | None,
+                   small_data: int | None) -> tuple[dict | None, str | None]:
+    """Validate make_config's options; returns the executor parameters and the data format (the
+    task's usual one when a folder is given without a format)."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    if dataset not in DATASETS:
-        raise ConfigError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if dataset not in catalogue.medical_tasks():
+        raise ConfigError(f"unknown dataset {dataset!r}; choose one of {', '.join(catalogue.medical_tasks())}")
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     if executor_params and executor != "submitit":
@@ -280,18 +289,16 @@ def make_config(experiment: str, *, preset: str = "demo", dataset: str = "retina
         from transfusion.experiments.runs import submitit_parameters
 
         executor_params = submitit_parameters(dict(executor_params or {}))
-    p = PRESETS[preset]
-    if experiment in p.per_experiment:
-        p = dataclasses.replace(p, **p.per_experiment[experiment])
     if data_dir is not None:
         if not Path(data_dir).expanduser().exists():
             raise ConfigError(f"--data-dir {data_dir!r} does not exist; give the folder of the "
                               f"dataset (or leave it out to use the built-in synthetic data)")
+        formats = catalogue.formats_for(dataset)
         if data_format is None:
-            data_format = DATA_FORMATS[dataset][0]
-        if data_format not in DATA_FORMATS[dataset]:
+            data_format = formats[0]
+        if data_format not in formats:
             raise ConfigError(f"--data-format {data_format!r} does not fit --dataset {dataset}; "
-                              f"choose one of {', '.join(DATA_FORMATS[dataset])}")
+                              f"choose one of {', '.join(formats)}")
     elif preset == "paper":
         raise ConfigError("--preset paper is the paper's protocol on real data: give --data-dir "
                           "(EyePACS/APTOS/CheXpert folder) or use --preset demo for synthetic data")
@@ -303,27 +310,46 @@ def make_config(experiment: str, *, preset: str = "demo", dataset: str = "retina
         raise ConfigError(f"--snapshots must be >= 0 (0: none), got {snapshots}")
     if small_data is not None and small_data < 1:
         raise ConfigError(f"--small-data must be >= 1 images, got {small_data}")
-    n_steps = steps if steps is not None else p.steps[dataset]
-    eval_every = max(1, min(p.eval_every, n_steps))
+    return executor_params, data_format
+
+
+def make_config(experiment: str, *, preset: str = "demo", dataset: str = "retina",
+                data_dir: str | None = None, data_format: str | None = None,
+                models: tuple[str, ...] | None = None, seeds: tuple[int, ...] | None = None,
+                steps: int | None = None, image_size: int | None = None,
+                batch_size: int | None = None, pretrained: dict | None = None,
+                out: str = "results", runs: str = "runs", executor: str = "local",
+                executor_params: dict | None = None, threshold: float | None = None, small_data: int | None = None,
+                upto: str | None = None, cache: str | None = None,
+                device: str | None = None, threads: int | None = None,
+                snapshots: int | None = None, parallel_runs: int | None = None) -> ExperimentConfig:
+    """A config from a preset plus explicit overrides, validated with messages that say what to do.
+
+    One shape: the preset's values (:func:`preset_values`, after its per-experiment changes),
+    then the options given here on top (None, and for models, seeds, image size and batch size
+    any empty value, means the preset's), then the settings no preset has (data, folders,
+    executor)."""
+    executor_params, data_format = _check_options(
+        preset=preset, dataset=dataset, executor=executor, executor_params=executor_params,
+        data_dir=data_dir, data_format=data_format, steps=steps, parallel_runs=parallel_runs,
+        snapshots=snapshots, small_data=small_data)
+    p = PRESETS[preset]
+    if experiment in p.per_experiment:
+        p = dataclasses.replace(p, **p.per_experiment[experiment])
+    values = preset_values(p, dataset)
+    values.update({k: v for k, v in dict(models=models, seeds=seeds, image_size=image_size,
+                                         batch_size=batch_size).items() if v})
+    values.update({k: v for k, v in dict(steps=steps, threshold=threshold, threads=threads, snapshots=snapshots,
+                                         parallel_runs=parallel_runs).items() if v is not None})
+    if threshold is not None:
+        values["threshold_note"] = f"set on the command line: {threshold}"
+    values.update(
+        models=tuple(normalise_model_name(m) for m in values["models"]), models_given=bool(models),
+        seeds=tuple(values["seeds"]), eval_every=max(1, min(p.eval_every, values["steps"])))
     return ExperimentConfig(
         experiment=experiment, preset=preset, dataset=dataset,
         data_dir=str(Path(data_dir).expanduser()) if data_dir else None, data_format=data_format,
-        models=tuple(normalise_model_name(m) for m in (models or p.models)), models_given=bool(models),
-        resnet=p.resnet, slim=p.slim, seeds=tuple(seeds) if seeds else p.seeds,
-        steps=n_steps, eval_every=eval_every,
-        image_size=image_size or p.image_size[dataset], batch_size=batch_size or p.batch_size,
         pretrained=dict(pretrained or {}), out=str(Path(out).resolve()), runs=str(Path(runs).resolve()),
-        executor=executor, executor_params=dict(executor_params or {}),
-        threshold=threshold if threshold is not None else p.threshold,
-        threshold_note=p.threshold_note if threshold is None else f"set on the command line: {threshold}",
-        small_data=small_data, upto=upto, synthetic_images=p.synthetic_images,
-        synthetic_eval_images=p.synthetic_eval_images, pretrain_steps=p.pretrain_steps,
-        pretrain_images=p.pretrain_images, pretrain_classes=p.pretrain_classes,
-        similarity_images=p.similarity_images, pool=p.pool,
+        executor=executor, executor_params=dict(executor_params or {}), small_data=small_data, upto=upto,
         cache=str(Path(cache).resolve()) if cache else str(Path(runs).resolve().parent / "data-cache"),
-        device=device, threads=threads if threads is not None else p.threads,
-        snapshots=snapshots if snapshots is not None else p.snapshots,
-        parallel_runs=parallel_runs if parallel_runs is not None else p.parallel_runs,
-        bn_recalibration_images=p.bn_recalibration_images, recipe_overrides=dict(p.recipe_overrides),
-        model_overrides={m: dict(o) for m, o in p.model_overrides.items()},
-        decode_cache=p.decode_cache)
+        device=device, **values)

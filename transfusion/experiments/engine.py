@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from transfusion.data import catalogue
 from transfusion.errors import ConfigError
 from transfusion.experiments import experiment_module
 from transfusion.experiments.common import PlannedRun, read_plan, write_plan
@@ -28,8 +29,6 @@ from transfusion.train.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
-SYNTHETIC_KIND = {"retina": "fundus", "chexpert": "chexpert"}
-SYNTHETIC_DATASET = {"retina": "eyepacs", "chexpert": "chexpert"}
 #: every medical run evaluates its final model once on this held-out split (final.json "test",
 #: test_outputs.npz): the experiments report it, as the paper reports a held-out test set
 TEST_SPLIT = "test"
@@ -42,11 +41,11 @@ def data_source(cfg: ExperimentConfig) -> dict:
         return {"dataset": cfg.data_format, "root": cfg.data_dir, "synthetic": False}
     from transfusion.data.synthetic import ensure_synthetic
 
-    root = ensure_synthetic(SYNTHETIC_KIND[cfg.dataset], Path(cfg.cache),
+    root = ensure_synthetic(catalogue.synthetic_kind(cfg.dataset), Path(cfg.cache),
                             n_images=cfg.synthetic_images + cfg.synthetic_eval_images,
                             image_size=cfg.image_size, seed=0,
                             test_images=cfg.synthetic_eval_images)
-    return {"dataset": SYNTHETIC_DATASET[cfg.dataset], "root": str(root), "synthetic": True}
+    return {"dataset": catalogue.synthetic_format(cfg.dataset), "root": str(root), "synthetic": True}
 
 
 def machine_cache() -> Path:
@@ -66,9 +65,10 @@ def pretrain_runs_dir() -> Path:
 def natural_source(cfg: ExperimentConfig) -> dict:
     from transfusion.data.synthetic import ensure_synthetic
 
-    root = ensure_synthetic("natural", machine_cache() / "data", n_images=cfg.pretrain_images,
-                            image_size=cfg.image_size, seed=0, n_classes=cfg.pretrain_classes)
-    return {"dataset": "imagefolder", "root": str(root), "synthetic": True}
+    root = ensure_synthetic(catalogue.synthetic_kind("natural"), machine_cache() / "data",
+                            n_images=cfg.pretrain_images, image_size=cfg.image_size, seed=0,
+                            n_classes=cfg.pretrain_classes)
+    return {"dataset": catalogue.synthetic_format("natural"), "root": str(root), "synthetic": True}
 
 
 # --------------------------------------------------------------------------- training specs

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from transfusion.errors import ConfigError
 from transfusion.train.run_folder import RunFolder
-from transfusion.train.spec import TASK_FOR_DATASET, TASKS, RunSpec, is_finished  # noqa: F401
+from transfusion.train.spec import RunSpec, is_finished  # noqa: F401
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Sampler, Subset
 
+from transfusion.data.catalogue import synthetic_kind
 from transfusion.errors import ConfigError
 from transfusion.train import distributed as D
-
-SYNTHETIC_KIND = {"retina": "fundus", "chexpert": "chexpert", "natural": "natural"}
 
 
 def cache_root() -> Path:
@@ -131,7 +130,7 @@ def load_run_data(spec, recipe, load_dataset, ensure_synthetic=None) -> RunData:
     if str(root) == "synthetic":
         if ensure_synthetic is None:
             raise ConfigError("data_root 'synthetic' needs transfusion.data.synthetic")
-        root = ensure_synthetic(SYNTHETIC_KIND[spec.task], cache_root(),
+        root = ensure_synthetic(synthetic_kind(spec.task), cache_root(),
                                 n_images=spec.synthetic_images,
                                 image_size=recipe.image_size, seed=spec.data_seed)
     common = dict(image_size=recipe.image_size, seed=spec.data_seed, label_policy=spec.label_policy,

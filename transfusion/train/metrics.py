@@ -17,8 +17,12 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from transfusion.data.catalogue import TASKS
+
 REFERABLE_GRADE = 2
-HEADLINE = {"grade": "auc_referable", "multilabel": "auc_mean", "multiclass": "accuracy"}
+#: the headline metric of each task kind, from the catalogue's tasks (grade: auc_referable,
+#: multilabel: auc_mean, multiclass: accuracy)
+HEADLINE = {t.kind: t.headline for t in TASKS.values()}
 
 
 class MetricWarning(UserWarning):

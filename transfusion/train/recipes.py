@@ -104,9 +104,6 @@ RECIPES: dict[str, Recipe] = {
                "1-epoch warm-up, /10 at epochs 30, 60, 80, weight decay 1e-4",)),
 }
 
-#: which recipe a task uses by default
-RECIPE_FOR_TASK = {"retina": "retina", "chexpert": "chexpert", "natural": "pretrain"}
-
 _FIELDS = {f.name: f for f in dataclasses.fields(Recipe)}
 _FIELD_TYPES = {name: str(f.type).split(" ")[0].split("[")[0] for name, f in _FIELDS.items()}
 

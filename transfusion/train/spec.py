@@ -16,12 +16,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from transfusion.data import catalogue
 from transfusion.errors import ConfigError
 
-#: which task a dataset serves when the spec does not say (medmnist: give ``task``)
-TASK_FOR_DATASET = {"eyepacs": "retina", "aptos": "retina", "chexpert": "chexpert",
-                    "imagefolder": "natural"}
-TASKS = ("retina", "chexpert", "natural")
 #: fields added after run ids were first published: left out of to_dict() (and so of the hash
 #: behind run_id and of config.json's spec) while they hold their default, so that adding a field
 #: never renames existing runs
@@ -71,18 +68,20 @@ class RunSpec:
     test_split: str | None = None
 
     def __post_init__(self):
-        task = self.task or TASK_FOR_DATASET.get(self.dataset.lower())
+        # the task a format serves when the spec does not say (medmnist: give ``task``)
+        task = self.task or catalogue.task_of_format(self.dataset)
+        tasks = catalogue.TASKS
         if task is None:
             raise ConfigError(f"RunSpec: cannot tell the task of dataset {self.dataset!r}: pass "
-                              f"task= one of {', '.join(TASKS)}")
-        if task not in TASKS:
-            raise ConfigError(f"RunSpec: unknown task {task!r}: use one of {', '.join(TASKS)}")
+                              f"task= one of {', '.join(tasks)}")
+        if task not in tasks:
+            raise ConfigError(f"RunSpec: unknown task {task!r}: use one of {', '.join(tasks)}")
         object.__setattr__(self, "task", task)
         if self.init == "transfuse" and not self.upto:
             raise ConfigError("RunSpec: init 'transfuse' needs upto= a stage name (e.g. block2)")
-        from transfusion.train.recipes import RECIPE_FOR_TASK, RECIPES, coerce_overrides
+        from transfusion.train.recipes import RECIPES, coerce_overrides
 
-        recipe = self.recipe or RECIPE_FOR_TASK[task]
+        recipe = self.recipe or catalogue.default_recipe(task)
         if recipe not in RECIPES:
             raise ConfigError(f"RunSpec: unknown recipe {recipe!r}: use one of {', '.join(RECIPES)}")
         object.__setattr__(self, "recipe", recipe)
