@@ -52,6 +52,11 @@ PYBIND11_MODULE(_C, m) {
 #else
     info["cuda_compile_checked"] = false;
 #endif
+#if defined(_OPENMP)
+    info["openmp"] = true;  // at::parallel_for in our kernels runs on torch's threads
+#else
+    info["openmp"] = false;
+#endif
     info["cpu_capability"] =
         transfusion::cpu::capability_name(transfusion::cpu::best_capability());
     return info;

@@ -29,6 +29,36 @@ def test_extension_is_built_and_reports_itself():
 
 @pytest.mark.skipif(shutil.which("nvcc") is None and not os.path.exists("/usr/local/cuda/bin/nvcc"),
                     reason="no nvcc on this machine")
+def test_cpu_kernels_are_compiled_for_torchs_openmp_threads():
+    """ATen's parallel_for opens an OpenMP region only in code compiled with -fopenmp; before
+    2026-12-08 the extension was not, and every CPU kernel ran on one thread whatever
+    torch.set_num_threads said (CMakeLists.txt, "OpenMP")."""
+    if not _extension.available():
+        pytest.skip("extension not built")
+    torch_uses_openmp = "parallel backend: OpenMP" in torch.__config__.parallel_info()
+    assert _extension.build_info()["openmp"] is torch_uses_openmp
+
+
+def test_gram_pass_gives_the_same_statistics_on_one_and_two_threads():
+    """The parallel pass splits chunks between threads; the float64 sums may differ only by
+    their own rounding."""
+    from transfusion.ops import gram as G
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(9000, 40, generator=g), torch.randn(9000, 24, generator=g) + 3
+    shift = G.first_chunk_shift([x, y])
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = G.gram_pass([x, y], shift)
+        torch.set_num_threads(2)
+        two = G.gram_pass([x, y], shift)
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(one, two, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-9)
+
+
 def test_cuda_sources_were_built_or_compile_checked():
     info = _extension.build_info()
     assert info["cuda"] or info["cuda_compile_checked"], info
