@@ -289,3 +289,36 @@ def test_few_datapoints_warn_and_flag(method):
         r = OPS[method](x, y)
     assert r.few_datapoints
     assert not OPS[method](*_pair(n=2000, a=24, b=16)).few_datapoints
+
+
+def test_small_problems_run_side_by_side_in_order_with_the_same_results():
+    """eigh / SVD of independent sides and pairs run on the threads torch had, one torch thread
+    each; the results are those of one call after another, in the input order."""
+    import threading
+
+    from transfusion.ops import similarity as S
+
+    g = torch.Generator().manual_seed(3)
+    mats = [(lambda a: a @ a.T)(torch.randn(w, w + 5, dtype=torch.float64, generator=g))
+            for w in (30, 0, 12, 30)]
+    before = torch.get_num_threads()
+    names: set[str] = set()
+
+    def eigh_noting_thread(m):
+        names.add(threading.current_thread().name)
+        return S._eigh_descending(m)
+
+    try:
+        torch.set_num_threads(2)
+        with S._small_linalg_threads(torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+            side_by_side = S._map_side_by_side(eigh_noting_thread, mats)
+            many = S._eigh_many(mats)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert all(n.startswith("transfusion-linalg") for n in names)
+    for m, (lam, vec), (lam2, vec2) in zip(mats, side_by_side, many, strict=True):
+        ref_lam, ref_vec = torch.linalg.eigh(m) if m.numel() else (m.new_zeros(0), m.new_zeros(0, 0))
+        assert torch.equal(lam, ref_lam.flip(0)) and torch.equal(vec, ref_vec.flip(1))
+        assert torch.equal(lam2, lam) and torch.equal(vec2, vec)
