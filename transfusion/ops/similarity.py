@@ -273,11 +273,21 @@ def row_norm_sums(xs: Sequence[torch.Tensor], shift: torch.Tensor,
     sums = torch.zeros(k, sum(widths), dtype=torch.float64, device=dev)
     totals = torch.zeros(k, dtype=torch.float64, device=dev)
     chunk = max(1, min(int(chunk_rows), int(n)))
+
+    def shifted(i: int, r0: int) -> torch.Tensor:  # one layer's rows of z, float64
+        return x_rows(i, r0).to(torch.float64) - shift[offsets[i]:offsets[i] + widths[i]]
+
+    def x_rows(i: int, r0: int) -> torch.Tensor:
+        return xs[i][r0:r0 + chunk]
+
+    # one layer's chunk in float64 at a time (twice: the norms first, then the sums), not the
+    # whole float64 [x_1 .. x_k] chunk: streamed 512 + 512 neurons, this and the Gram pass's
+    # blockwise mirror took the statistics' peak from 135 MiB to (see bench/RESULTS.md)
     for r0 in range(0, n, chunk):
-        z = torch.cat([x[r0:r0 + chunk].to(torch.float64) for x in xs], 1) - shift
-        p = torch.stack([z[:, o:o + w].square().sum(1) for o, w in zip(offsets, widths)], 1)
+        p = torch.stack([shifted(i, r0).square().sum(1) for i in range(k)], 1)
         products += p.T @ p
-        sums += p.T @ z
+        for i, (o, w) in enumerate(zip(offsets, widths)):
+            sums[:, o:o + w] += p.T @ shifted(i, r0)
         totals += p.sum(0)
     return products, sums, totals
 

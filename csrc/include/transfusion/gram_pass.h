@@ -107,10 +107,21 @@ inline at::Tensor input_rows(const at::Tensor& x, int64_t r0, int64_t rows) {
 
 // gram's diagonal from the exact float64 squares, and each group's lower triangle mirrored from
 // its upper one (the GEMMs filled the upper triangle; entries below it may hold partial sums).
+// Block by block, so the temporaries are kMirrorBlock^2: mirroring the whole group at once
+// (triu + transpose + add) took three W x W float64 temporaries, 24 MiB at W = 1024, the largest
+// part of the streamed statistics' peak memory (bench_svcca.py::test_streaming_memory).
 inline void finish_gram(at::Tensor& gram, const at::Tensor& chunk_sq, const GramPassPlan& p) {
+  constexpr int64_t kMirrorBlock = 256;
   for (const auto& [b, e] : p.groups) {
-    at::Tensor g = gram.narrow(0, b, e - b).narrow(1, b, e - b);
-    g.copy_(at::triu(g) + at::triu(g, 1).t());
+    for (int64_t i = b; i < e; i += kMirrorBlock) {
+      const int64_t r = std::min(kMirrorBlock, e - i);
+      at::Tensor diag = gram.narrow(0, i, r).narrow(1, i, r);
+      diag.copy_(at::triu(diag) + at::triu(diag, 1).t());
+      if (i + r < e) {  // below this diagonal block: the transpose of the block row to its right
+        gram.narrow(0, i + r, e - i - r).narrow(1, i, r)
+            .copy_(gram.narrow(0, i, r).narrow(1, i + r, e - i - r).t());
+      }
+    }
   }
   if (p.n_chunks > 0) gram.diagonal().copy_(chunk_sq.sum(0));
 }
