@@ -322,3 +322,38 @@ def test_small_problems_run_side_by_side_in_order_with_the_same_results():
         ref_lam, ref_vec = torch.linalg.eigh(m) if m.numel() else (m.new_zeros(0), m.new_zeros(0, 0))
         assert torch.equal(lam, ref_lam.flip(0)) and torch.equal(vec, ref_vec.flip(1))
         assert torch.equal(lam2, lam) and torch.equal(vec2, vec)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_batched_pairs_sharing_one_pass_give_the_per_pair_results(monkeypatch, dtype):
+    """The many-pairs path: pairs with the same n, device and GEMM dtype share one
+    gram_pass_groups sweep (on CUDA by default; forced onto the CPU here). Every method, and
+    debiased CKA (row-norm sums), equals the pass-per-pair result; the pair with another n and the
+    cap on the joint Gram's bytes split the batches."""
+    from transfusion.ops import similarity as S
+
+    g = torch.Generator().manual_seed(5)
+    shapes = [(3000, 12, 9), (3000, 20, 5), (2000, 7, 7), (3000, 16, 16)]
+    xs = [torch.randn(n, a, generator=g, dtype=dtype) + 2 for n, a, _ in shapes]
+    ys = [x[:, :b] @ torch.randn(b, b, generator=g, dtype=dtype) / 3
+          + torch.randn(x.shape[0], b, generator=g, dtype=dtype) for x, (_, _, b) in zip(xs, shapes)]
+    calls = []
+    real = S._gram.gram_pass_groups
+    monkeypatch.setattr(S._gram, "gram_pass_groups", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+
+    def every_method():
+        out = [f(xs, ys) for f in (svcca, cca, pwcca, cka)] + [cka(xs, ys, debiased=True)]
+        return [[r.mean for r in rs] for rs in out]
+
+    monkeypatch.setattr(S, "BATCHED_PASS_DEVICES", set())
+    apart = every_method()
+    assert calls == []
+    monkeypatch.setattr(S, "BATCHED_PASS_DEVICES", {"cpu"})
+    together = every_method()
+    assert calls and all(sizes == [2, 2, 2] for sizes in calls)  # pairs 0, 1, 3; pair 2 (n 2000) alone
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    for a, b in zip(apart, together, strict=True):
+        assert a == pytest.approx(b, abs=tol)
+    monkeypatch.setattr(S, "BATCHED_PASS_BYTES", (12 + 9 + 20 + 5) ** 2 * 8)
+    pairs = list(zip(xs, ys))
+    assert S._batched_passes(pairs, [dtype] * 4) == [[0, 1], [2], [3]]

@@ -379,6 +379,15 @@ def pair_moments(x: torch.Tensor, y: torch.Tensor, chunk_rows: int = _gram.DEFAU
     shift = _gram.first_chunk_shift(xs, chunk_rows, dt)
     gram, colsum, chunk_sq = _gram.gram_pass(xs, shift, chunk_rows, cross=True, dtype=dt,
                                              use_kernel=use_kernel)
+    return _moments_of_pass((x, y), xs, shift, (gram, colsum, chunk_sq), dt, chunk_rows, row_norms)
+
+
+def _moments_of_pass(pair: tuple[torch.Tensor, torch.Tensor], xs: list[torch.Tensor],
+                     shift: torch.Tensor, sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                     dt: torch.dtype, chunk_rows: int, row_norms: bool) -> Moments:
+    """Moments of one pair from its Gram pass's (gram, colsum, chunk_sq); xs: the pair's rescaled
+    layers, shift: their shift."""
+    (x, y), (gram, colsum, chunk_sq) = pair, sums
     a, b = x.shape[1], y.shape[1]
     sx, sy = slice(0, a), slice(a, a + b)
     check_finite(colsum, gram, [("x", sx), ("y", sy)])
@@ -393,6 +402,63 @@ def pair_moments(x: torch.Tensor, y: torch.Tensor, chunk_rows: int = _gram.DEFAU
         row_sums = tuple(t.to(gram.device) for t in row_sums)
     return moments_from_sums(x.shape[0], shift.to(gram.device), colsum, gram, sx, sy, dtype,
                              _input_dtype([x, y]), var, row_sums)
+
+
+#: devices where the pairs of a batched call share one Gram pass (gram_pass_groups: on CUDA one
+#: strided-batched GEMM per chunk step for all pairs instead of one launch per pair and block).
+#: Not the CPU: there each pass already keeps both cores busy on its chunks, and the joint pass's
+#: per-thread accumulators are (sum of widths)^2.
+BATCHED_PASS_DEVICES = {"cuda"}
+#: the joint pass's output is (sum of widths)^2 float64 (zeros between pairs): pairs are batched
+#: while it stays within this
+BATCHED_PASS_BYTES = 256 << 20
+
+
+def _batched_passes(pairs: list[tuple[torch.Tensor, torch.Tensor]], dtypes: list[torch.dtype]
+                    ) -> list[list[int]]:
+    """Indices of the pairs that share one pass: same n, device and GEMM dtype, a device in
+    BATCHED_PASS_DEVICES, the joint Gram within BATCHED_PASS_BYTES; every other pair alone."""
+    out: list[list[int]] = []
+    open_batches: dict[tuple, list[int]] = {}
+    for i, ((x, y), dt) in enumerate(zip(pairs, dtypes, strict=True)):
+        if x.device.type not in BATCHED_PASS_DEVICES:
+            out.append([i])
+            continue
+        key = (x.shape[0], x.device, dt)
+        batch = open_batches.get(key)
+        width = sum(pairs[j][0].shape[1] + pairs[j][1].shape[1] for j in batch) if batch else 0
+        if batch is None or (width + x.shape[1] + y.shape[1]) ** 2 * 8 > BATCHED_PASS_BYTES:
+            batch = open_batches[key] = []
+            out.append(batch)
+        batch.append(i)
+    return out
+
+
+def pairs_moments(pairs: list[tuple[torch.Tensor, torch.Tensor]], chunk_rows: int,
+                  precisions: list[str], use_kernel: bool | None = None,
+                  row_norms: bool = False) -> list[Moments]:
+    """``pair_moments`` of every pair (``precisions[i]`` for pair i); pairs that
+    ``_batched_passes`` groups share one sweep over the data (``gram_pass_groups``)."""
+    dtypes = [_gram.compute_dtype(list(pair), p) for pair, p in zip(pairs, precisions, strict=True)]
+    out: list[Moments | None] = [None] * len(pairs)
+    for batch in _batched_passes(pairs, dtypes):
+        if len(batch) == 1:
+            i = batch[0]
+            out[i] = pair_moments(*pairs[i], chunk_rows, precisions[i], use_kernel, row_norms)
+            continue
+        dt = dtypes[batch[0]]
+        layers = [[rescale_layer(t, dt) for t in pairs[i]] for i in batch]
+        shifts = [_gram.first_chunk_shift(xs, chunk_rows, dt) for xs in layers]
+        gram, colsum, chunk_sq = _gram.gram_pass_groups(
+            [t for xs in layers for t in xs], torch.cat(shifts), [2] * len(batch), chunk_rows,
+            dtype=dt, use_kernel=use_kernel)
+        col = 0
+        for i, xs, shift in zip(batch, layers, shifts, strict=True):
+            s = slice(col, col + xs[0].shape[1] + xs[1].shape[1])
+            out[i] = _moments_of_pass(pairs[i], xs, shift, (gram[s, s], colsum[s], chunk_sq[:, s]),
+                                      dt, chunk_rows, row_norms)
+            col = s.stop
+    return out  # type: ignore[return-value]
 
 
 # ---- finalisation ---------------------------------------------------------------------------------
@@ -799,7 +865,7 @@ def _run(method: str, x: Any, y: Any, keep: float | None, rtol: float, layout: s
         if few:
             raise InputError(f"debiased CKA needs at least 4 datapoints (the unbiased HSIC divides "
                              f"by n - 3), got {few[0]}")
-    moments = [pair_moments(xt, yt, chunk_rows, p, row_norms=debiased) for (xt, yt), p in zip(pairs, chosen)]
+    moments = pairs_moments(pairs, chunk_rows, chosen, row_norms=debiased)
     with _small_linalg_threads(moments[0].cxx.device):
         results = finalise_many(method, moments, keep, rtol, debiased)
     # precision="auto" with a float32 pass: redo in float64 where the rounding model does not put
@@ -808,7 +874,8 @@ def _run(method: str, x: Any, y: Any, keep: float | None, rtol: float, layout: s
             if p == "auto" and r.dtype == "float32"
             and (r.error_estimate is None or not r.error_estimate <= AUTO_TARGET)]
     if redo:
-        exact_moments = [pair_moments(*pairs[i], chunk_rows, "float64", row_norms=debiased) for i in redo]
+        exact_moments = pairs_moments([pairs[i] for i in redo], chunk_rows, ["float64"] * len(redo),
+                                      row_norms=debiased)
         with _small_linalg_threads(exact_moments[0].cxx.device):
             exact = finalise_many(method, exact_moments, keep, rtol, debiased)
         for i, r in zip(redo, exact):
