@@ -23,4 +23,5 @@ if __name__ == "__main__":
     assert not (runs_dir / spec.run_id / "final.json").exists()
     final = run_training(spec, runs_dir, **kw)
     assert final["status"] == "finished"
+    dist.barrier()  # both ranks done before the store's host (rank 0) tears it down (distributed.teardown)
     dist.destroy_process_group()

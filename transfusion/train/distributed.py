@@ -59,8 +59,15 @@ def setup(device: str | None = None) -> DistContext:
     return DistContext(rank=rank, world_size=world, local_rank=local, device=dev, owns_group=owns)
 
 
-def teardown(ctx: DistContext) -> None:
+def teardown(ctx: DistContext, clean: bool = True) -> None:
+    """Destroy the process group this run made. ``clean`` (the run returned normally): every rank
+    first arrives at a barrier, because rank 0 hosts the TCPStore and a rank still talking to it
+    when it closes can abort ("terminate called without an active exception": seen once in 14
+    runs of tests/train/test_train_ddp.py on 2026-12-08). After an error no barrier: the other
+    ranks may be inside another collective."""
     if ctx.owns_group and dist.is_initialized():
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -144,7 +144,7 @@ def run_training(spec, runs_dir: str | os.PathLike = "runs", *, device: str | No
         return result
     finally:
         lock.release()
-        D.teardown(ctx)
+        D.teardown(ctx, clean=sys.exc_info()[0] is None)
 
 
 def _train(spec, run_dir: Path, ctx: D.DistContext, num_workers: int,
