@@ -136,14 +136,21 @@ def test_mean_var(narrow_file):
     assert n_checked == 53  # every conv of ResNet50's layout
 
 
-def test_slim_takes_resnet50_up_to_block2(resnet50_file):
-    path, src = resnet50_file
-    model = build_model("resnet50_slim", 5)
-    s = initialize(model, "slim", model_name="resnet50_slim", checkpoint=path)
+def slim_copies_up_to_block2(name, path, src):
+    """(model, summary, state) of a slim init of ``name`` from ``path``, after checking that
+    conv1..block2 are the source's tensors."""
+    model = build_model(name, 5)
+    s = initialize(model, "slim", model_name=name, checkpoint=path)
     got = sd(model)
     for stage in ("conv1", "block1", "block2"):
         for k in model.stage_keys(stage):
             assert torch.equal(got[k], src[k]), k
+    return model, s, got
+
+
+def test_slim_takes_resnet50_up_to_block2(resnet50_file):
+    path, src = resnet50_file
+    model, s, got = slim_copies_up_to_block2("resnet50_slim", path, src)
     assert got["layer3.0.conv1.weight"].shape == (128, 512, 1, 1)
     assert got["layer4.2.conv3.weight"].shape == (1024, 256, 1, 1)
     assert got["fc.weight"].shape == (5, 1024)
@@ -164,13 +171,7 @@ def test_narrow_slim_takes_the_narrow_resnet_up_to_block2(tmp_path):
     src_model = make_fake_pretrained("resnet50_narrow")
     path = tmp_path / "narrow.pth"
     torch.save(src_model.state_dict(), path)
-    src = src_model.state_dict()
-    model = build_model("resnet50_narrow_slim", 5)
-    s = initialize(model, "slim", model_name="resnet50_narrow_slim", checkpoint=path)
-    got = sd(model)
-    for stage in ("conv1", "block1", "block2"):
-        for k in model.stage_keys(stage):
-            assert torch.equal(got[k], src[k]), k
+    model, s, got = slim_copies_up_to_block2("resnet50_narrow_slim", path, src_model.state_dict())
     assert got["layer3.0.conv1.weight"].shape == (32, 128, 1, 1)  # narrow block3 at half width
     assert got["fc.weight"].shape == (5, 256)
     assert s["stages"]["block3"] == {"random": len(model.stage_keys("block3"))}

@@ -116,25 +116,33 @@ def ghost_batchnorm_components(world: int = 2):
     return c
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
-def test_two_process_cbr_tiny_matches_one_process_as_far_as_batchnorm_allows(tmp_path, monkeypatch):
+def one_process_then_two(tmp_path: Path, monkeypatch, spec: RunSpec, plain: bool):
+    """(plain one-process result or None, ghost-BatchNorm one-process result) of ``spec`` in
+    tmp_path/one and tmp_path/ghost (one torch thread; this also makes the synthetic set, so the
+    two processes only read it), then the two-process CLI run in tmp_path/two, which must succeed."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("TRANSFUSION_CACHE", str(cache))
     monkeypatch.setenv("TRANSFUSION_TENSORBOARD", "0")
-    spec = cbr_tiny_spec()
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(spec.to_json())
     n = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:  # also makes the synthetic set, so the two processes only read it
-        single = run_training(spec, tmp_path / "one", progress=False)
+    try:
+        single = run_training(spec, tmp_path / "one", progress=False) if plain else None
         ghost = run_training(spec, tmp_path / "ghost", progress=False,
                              components=ghost_batchnorm_components())
     finally:
         torch.set_num_threads(n)
     for r in cli_two_processes(spec_file, tmp_path / "two", cache):
         assert r.returncode == 0, r.stdout[-4000:]
+    return single, ghost
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
+def test_two_process_cbr_tiny_matches_one_process_as_far_as_batchnorm_allows(tmp_path, monkeypatch):
+    spec = cbr_tiny_spec()
+    single, ghost = one_process_then_two(tmp_path, monkeypatch, spec, plain=True)
     assert len(list((tmp_path / "two").glob("*/final.json"))) == 1
     d1, dg, d2 = (tmp_path / x / spec.run_id for x in ("one", "ghost", "two"))
     ddp = json.loads((d2 / "final.json").read_text())
@@ -196,23 +204,10 @@ def test_two_process_recalibrated_evaluation_and_test_split(tmp_path, monkeypatc
     """Issue 15 under DDP: BatchNorm recalibration (every process on all the fixed images, then
     rank 0's statistics) and the test split's metrics equal the one-process ghost run's, whose
     training is the DDP run's (see the module docstring)."""
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("TRANSFUSION_CACHE", str(cache))
-    monkeypatch.setenv("TRANSFUSION_TENSORBOARD", "0")
     spec = cbr_tiny_spec(bn_recalibration_images=20)
     # the 60-image synthetic set's val and test splits hold 2 images: train stands in for a test split
     spec = RunSpec(**{**spec.to_dict(), "test_split": "train"})
-    spec_file = tmp_path / "spec.json"
-    spec_file.write_text(spec.to_json())
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        ghost = run_training(spec, tmp_path / "ghost", progress=False,
-                             components=ghost_batchnorm_components())
-    finally:
-        torch.set_num_threads(n)
-    for r in cli_two_processes(spec_file, tmp_path / "two", cache):
-        assert r.returncode == 0, r.stdout[-4000:]
+    _, ghost = one_process_then_two(tmp_path, monkeypatch, spec, plain=False)
     ddp = json.loads((tmp_path / "two" / spec.run_id / "final.json").read_text())
     for k, v in ghost["metrics"].items():
         assert ddp["metrics"][k] == pytest.approx(v, abs=1e-5), k

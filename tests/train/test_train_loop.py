@@ -18,10 +18,7 @@ OVR = {"eval_every": 4, "log_every": 2, "checkpoint_every": 5, "eval_batch_size"
 
 
 def spec(**kw):
-    base = dict(model="tiny", dataset="eyepacs", data_root="fake", recipe="retina", steps=12,
-                image_size=8, batch_size=8, overrides=OVR, seed=3)
-    base.update(kw)
-    return RunSpec(**base)
+    return train_fakes.tiny_spec(OVR, **kw)
 
 
 def run(s, d, **kw):

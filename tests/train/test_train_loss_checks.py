@@ -12,7 +12,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 import train_fakes  # noqa: E402
 
 from transfusion.errors import ConfigError  # noqa: E402
-from transfusion.experiments.runs import RunSpec  # noqa: E402
 from transfusion.train import loop as L  # noqa: E402
 from transfusion.train import run_training  # noqa: E402
 
@@ -22,8 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def spec(**overrides):
     ovr = {"eval_every": 100, "log_every": 4, "checkpoint_every": 100, "eval_batch_size": 16,
            "augment": False, **overrides}
-    return RunSpec(model="tiny", dataset="eyepacs", data_root="fake", recipe="retina", steps=12,
-                   image_size=8, batch_size=8, seed=5, overrides=ovr)
+    return train_fakes.tiny_spec(ovr, seed=5)
 
 
 class NoHostCopy(torch.Tensor):

@@ -13,7 +13,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 import train_fakes  # noqa: E402
 
 from transfusion.errors import ConfigError  # noqa: E402
-from transfusion.experiments.runs import RunSpec  # noqa: E402
 from transfusion.train import run_training  # noqa: E402
 from transfusion.train.recipes import get_recipe  # noqa: E402
 from transfusion.train.run_folder import RunFolder  # noqa: E402
@@ -24,10 +23,7 @@ OVR = {"eval_every": 4, "log_every": 2, "checkpoint_every": 5, "eval_batch_size"
 
 def spec(snapshot_every=3, **kw):
     ovr = dict(OVR, **({"snapshot_every": snapshot_every} if snapshot_every is not None else {}))
-    base = dict(model="tiny", dataset="eyepacs", data_root="fake", recipe="retina", steps=12,
-                image_size=8, batch_size=8, overrides=ovr, seed=3)
-    base.update(kw)
-    return RunSpec(**base)
+    return train_fakes.tiny_spec(ovr, **kw)
 
 
 def run(s, d, **kw):

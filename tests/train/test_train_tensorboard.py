@@ -24,8 +24,7 @@ OVR = {"eval_every": 4, "log_every": 2, "checkpoint_every": 5, "eval_batch_size"
 
 
 def spec():
-    return RunSpec(model="tiny", dataset="eyepacs", data_root="fake", recipe="retina", steps=12,
-                   image_size=8, batch_size=8, seed=2, overrides=OVR)
+    return train_fakes.tiny_spec(OVR, seed=2)
 
 
 def run(s, d, **kw):

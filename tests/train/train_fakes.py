@@ -98,3 +98,15 @@ def initialize(model, method, *, model_name, checkpoint=None, upto=None, seed=0)
 
 def components() -> Components:
     return Components(build_model=build_model, initialize=initialize, load_dataset=load_dataset)
+
+
+def tiny_spec(default_overrides: dict, **kw):
+    """The loop tests' run: the tiny model on the fake retina data, 12 steps of 8 images at 8 px,
+    seed 3, recipe overrides ``default_overrides``; ``kw`` changes any RunSpec field (overrides
+    too)."""
+    from transfusion.train.spec import RunSpec
+
+    base = dict(model="tiny", dataset="eyepacs", data_root="fake", recipe="retina", steps=12,
+                image_size=8, batch_size=8, overrides=default_overrides, seed=3)
+    base.update(kw)
+    return RunSpec(**base)

@@ -275,14 +275,11 @@ def row_norm_sums(xs: Sequence[torch.Tensor], shift: torch.Tensor,
     chunk = max(1, min(int(chunk_rows), int(n)))
 
     def shifted(i: int, r0: int) -> torch.Tensor:  # one layer's rows of z, float64
-        return x_rows(i, r0).to(torch.float64) - shift[offsets[i]:offsets[i] + widths[i]]
-
-    def x_rows(i: int, r0: int) -> torch.Tensor:
-        return xs[i][r0:r0 + chunk]
+        return xs[i][r0:r0 + chunk].to(torch.float64) - shift[offsets[i]:offsets[i] + widths[i]]
 
     # one layer's chunk in float64 at a time (twice: the norms first, then the sums), not the
-    # whole float64 [x_1 .. x_k] chunk: streamed 512 + 512 neurons, this and the Gram pass's
-    # blockwise mirror took the statistics' peak from 135 MiB to (see bench/RESULTS.md)
+    # whole float64 [x_1 .. x_k] chunk, which was most of a streamed update's peak memory
+    # (bench/RESULTS.md, 2026-12-08)
     for r0 in range(0, n, chunk):
         p = torch.stack([shifted(i, r0).square().sum(1) for i in range(k)], 1)
         products += p.T @ p
@@ -419,18 +416,18 @@ def _batched_passes(pairs: list[tuple[torch.Tensor, torch.Tensor]], dtypes: list
     """Indices of the pairs that share one pass: same n, device and GEMM dtype, a device in
     BATCHED_PASS_DEVICES, the joint Gram within BATCHED_PASS_BYTES; every other pair alone."""
     out: list[list[int]] = []
-    open_batches: dict[tuple, list[int]] = {}
+    open_batches: dict[tuple, tuple[list[int], int]] = {}  # key -> (pairs, their summed width)
     for i, ((x, y), dt) in enumerate(zip(pairs, dtypes, strict=True)):
         if x.device.type not in BATCHED_PASS_DEVICES:
             out.append([i])
             continue
-        key = (x.shape[0], x.device, dt)
-        batch = open_batches.get(key)
-        width = sum(pairs[j][0].shape[1] + pairs[j][1].shape[1] for j in batch) if batch else 0
-        if batch is None or (width + x.shape[1] + y.shape[1]) ** 2 * 8 > BATCHED_PASS_BYTES:
-            batch = open_batches[key] = []
+        key, w = (x.shape[0], x.device, dt), x.shape[1] + y.shape[1]
+        batch, width = open_batches.get(key, (None, 0))
+        if batch is None or (width + w) ** 2 * 8 > BATCHED_PASS_BYTES:
+            batch, width = [], 0
             out.append(batch)
         batch.append(i)
+        open_batches[key] = (batch, width + w)
     return out
 
 
